@@ -1,0 +1,1 @@
+"""MPO Discover: discovery."""

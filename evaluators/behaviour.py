@@ -1,0 +1,152 @@
+"""Behaviour policies: trained once with PPO, shipped at four quality levels with a manifest.
+
+Files live in ``evaluators/policies/<task>/``: one safetensors checkpoint per level and
+``manifest.json`` holding each level's measured return, the random/expert references used for
+normalisation (measured on the v5 tasks here, not D4RL's) and the training curve.
+
+References: R_random is the ``random`` level (the untrained network, actions ~ N(0, 1) clipped)
+acting stochastically; R_expert is the ``expert`` level acting deterministically (mean action),
+the mode in which trained policies are scored.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict
+
+import numpy as np
+
+from evaluators.policy import CheckpointError, load_policy, save_policy, stack
+from evaluators.tasks import Task
+
+LEVELS = ("random", "low", "medium", "expert")
+LEVEL_FRACTIONS = {"low": 0.25, "medium": 0.55}  # of the way from R_random to R_expert
+MEASURE_EPISODES = 20
+REFERENCE_EPISODES = 50
+POLICY_ROOT = os.path.join(os.path.dirname(__file__), "policies")
+
+
+def policy_dir(task: Task, root: str | None = None) -> str:
+    return os.path.join(root or POLICY_ROOT, task.name)
+
+
+def load_manifest(task: Task, root: str | None = None) -> dict:
+    path = os.path.join(policy_dir(task, root), "manifest.json")
+    if not os.path.exists(path):
+        raise CheckpointError(
+            f"no behaviour policies for {task.name} ({path} missing); "
+            f"train them with `discover policies train --task {task.name}`")
+    try:
+        with open(path) as f:
+            manifest = json.load(f)
+        manifest["reference"]["random_return"], manifest["reference"]["expert_return"]
+    except (json.JSONDecodeError, KeyError, TypeError) as e:
+        raise CheckpointError(f"behaviour manifest {path} is damaged: {e}") from None
+    return manifest
+
+
+def load_level(task: Task, level: str, root: str | None = None) -> dict:
+    if level not in LEVELS:
+        raise ValueError(f"unknown level {level!r}; choose one of {', '.join(LEVELS)}")
+    return load_policy(os.path.join(policy_dir(task, root), f"{level}.safetensors"))
+
+
+def reference_returns(task: Task, root: str | None = None) -> tuple[float, float]:
+    ref = load_manifest(task, root)["reference"]
+    return float(ref["random_return"]), float(ref["expert_return"])
+
+
+def measure(task: Task, params: list[dict], episodes: int, seed: int, deterministic: bool) -> np.ndarray:
+    from evaluators.scoring import episode_returns
+
+    return episode_returns(task, stack(params), episodes, seed, deterministic=deterministic)
+
+
+def select_levels(task: Task, snapshots, seed: int) -> dict[str, object]:
+    """Pick the level snapshots from a PPO run: expert = best on re-measurement, others by fraction."""
+    by_eval = sorted(snapshots, key=lambda s: s.eval_return, reverse=True)
+    finalists = by_eval[:3]
+    finalist_returns = measure(task, [s.params for s in finalists], MEASURE_EPISODES, seed, True).mean(1)
+    expert = finalists[int(np.argmax(finalist_returns))]
+    random = snapshots[0]
+    r0, r1 = random.eval_return, float(finalist_returns.max())
+    chosen = {"random": random, "expert": expert}
+    for level, frac in LEVEL_FRACTIONS.items():
+        target = r0 + frac * (r1 - r0)
+        chosen[level] = min(snapshots[1:], key=lambda s: abs(s.eval_return - target))
+    return chosen
+
+
+def write_behaviour(task: Task, chosen: dict, curve, trainer: dict, seed: int, root: str | None = None) -> dict:
+    """Measure every level, then write checkpoints and the manifest (each file atomically)."""
+    out = policy_dir(task, root)
+    os.makedirs(out, exist_ok=True)
+    params = [chosen[level].params for level in LEVELS]
+    stochastic = measure(task, params, MEASURE_EPISODES, seed + 10, deterministic=False)
+    deterministic = measure(task, params, MEASURE_EPISODES, seed + 10, deterministic=True)
+    r_random = measure(task, [chosen["random"].params], REFERENCE_EPISODES, seed + 20, False).mean()
+    r_expert = measure(task, [chosen["expert"].params], REFERENCE_EPISODES, seed + 20, True).mean()
+    levels = {}
+    for i, level in enumerate(LEVELS):
+        save_policy(os.path.join(out, f"{level}.safetensors"), chosen[level].params,
+                    {"task": task.name, "level": level, "train_step": chosen[level].step})
+        levels[level] = {
+            "file": f"{level}.safetensors",
+            "train_step": int(chosen[level].step),
+            "episodes": MEASURE_EPISODES,
+            "return_mean": float(stochastic[i].mean()),
+            "return_std": float(stochastic[i].std()),
+            "deterministic_return_mean": float(deterministic[i].mean()),
+            "deterministic_return_std": float(deterministic[i].std()),
+        }
+    manifest = {
+        "task": task.name,
+        "gym_id": task.gym_id,
+        "reference": {
+            "random_return": float(r_random),
+            "expert_return": float(r_expert),
+            "episodes": REFERENCE_EPISODES,
+            "note": "R_random: random level, stochastic; R_expert: expert level, deterministic",
+        },
+        "levels": levels,
+        "trainer": {**trainer, "seed": seed},
+        "curve": [[int(s), float(r)] for s, r in curve],
+    }
+    tmp = os.path.join(out, "manifest.json.tmp")
+    with open(tmp, "w") as f:
+        json.dump(manifest, f, indent=1)
+    os.replace(tmp, os.path.join(out, "manifest.json"))
+    _plot_curve(task, manifest, os.path.join(out, "training_curve.png"))
+    return manifest
+
+
+def _plot_curve(task: Task, manifest: dict, path: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    steps, rets = zip(*manifest["curve"])
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    ax.plot(np.array(steps) / 1e6, rets, label="PPO (deterministic eval)")
+    for level, info in manifest["levels"].items():
+        ax.axhline(info["deterministic_return_mean"], ls=":", lw=0.8)
+        ax.text(0, info["deterministic_return_mean"], level, fontsize=7, va="bottom")
+    ax.set_xlabel("environment steps (millions)")
+    ax.set_ylabel("episode return")
+    ax.set_title(f"{task.gym_id} behaviour policy training")
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+def train_behaviour(task: Task, total_steps: int, seed: int = 0, root: str | None = None,
+                    on_progress=None) -> dict:
+    from evaluators.ppo import PPOConfig, train_ppo
+
+    cfg = PPOConfig(total_steps=total_steps)
+    result = train_ppo(task, cfg, seed, on_progress=on_progress)
+    chosen = select_levels(task, result.snapshots, seed)
+    trainer = {"algorithm": "ppo", **{k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(cfg).items()}}
+    return write_behaviour(task, chosen, result.curve, trainer, seed, root)
