@@ -13,7 +13,9 @@ from rich.table import Table
 app = typer.Typer(help="MPO Discover: discover preference-optimisation objectives.", no_args_is_help=True,
                   pretty_exceptions_enable=False, add_completion=False)
 policies_app = typer.Typer(help="Behaviour policies of the diagnostic suite.", no_args_is_help=True)
+datasets_app = typer.Typer(help="Preference datasets and the BC reference policy.", no_args_is_help=True)
 app.add_typer(policies_app, name="policies")
+app.add_typer(datasets_app, name="datasets")
 
 console = Console()
 err_console = Console(stderr=True)
@@ -95,6 +97,86 @@ def _print_manifest(m: dict) -> None:
                       f"{info['deterministic_return_mean']:.1f} ± {info['deterministic_return_std']:.1f}",
                       str(info["episodes"]))
     console.print(table)
+
+
+TaskOpt = typer.Option("hopper", "--task", help="hopper, walker2d, halfcheetah or ant")
+VariantOpt = typer.Option("noisy:0.2", "--variant",
+                          help="clean, noisy:p, stoch:beta, mixed, equal:eps, skip:eps, myopic:gamma")
+SeedOpt = typer.Option(0, "--seed")
+PairsOpt = typer.Option(2048, "--pairs", help="number of preference pairs")
+LengthOpt = typer.Option(50, "--segment-length", help="control steps per segment")
+CacheOpt = typer.Option(None, "--cache-dir", help="dataset cache folder (default ~/.cache/mpo-discover/datasets)")
+
+
+def _dataset(task, variant, seed, pairs, segment_length, cache_dir, rebuild=False):
+    from evaluators.datasets import DatasetConfig, build
+    from evaluators.tasks import get_task
+
+    config = DatasetConfig(n_pairs=pairs, segment_length=segment_length)
+    with console.status(f"preference dataset {task} {variant} seed {seed}"):
+        return build(get_task(task), variant, seed, config, cache_dir, rebuild,
+                     on_event=lambda msg: err_console.print(f"[yellow]{msg}[/yellow]"))
+
+
+@datasets_app.command("build")
+@user_errors
+def datasets_build(task: str = TaskOpt, variant: str = VariantOpt, seed: int = SeedOpt, pairs: int = PairsOpt,
+                   segment_length: int = LengthOpt, cache_dir: str = CacheOpt,
+                   rebuild: bool = typer.Option(False, help="ignore the cache")):
+    """Build (or fetch from cache) a preference dataset; prints its path and content hash."""
+    ds = _dataset(task, variant, seed, pairs, segment_length, cache_dir, rebuild)
+    console.print(f"{ds.n_pairs} pairs  sha256 {ds.content_hash}\n{ds.path}", highlight=False)
+
+
+@datasets_app.command("show")
+@user_errors
+def datasets_show(task: str = TaskOpt, variant: str = VariantOpt, seed: int = SeedOpt, pairs: int = PairsOpt,
+                  segment_length: int = LengthOpt, cache_dir: str = CacheOpt,
+                  plot: str = typer.Option(None, help="histogram PNG path (default: next to the dataset)"),
+                  reference: bool = typer.Option(False, help="also train/load pi_ref and score it")):
+    """Statistics of a dataset and a PNG histogram of chosen/rejected returns."""
+    from evaluators.datasets import plot_returns, statistics
+
+    ds = _dataset(task, variant, seed, pairs, segment_length, cache_dir)
+    stats = statistics(ds)
+    table = Table(title=f"{task} {ds.variant} seed {seed}", show_header=False)
+    table.add_row("pairs", str(stats["pairs"]))
+    table.add_row("segment length", str(stats["segment_length"]))
+    table.add_row("label agreement with true return order", f"{stats['label_agreement']:.3f}")
+    table.add_row("soft (0.5) labels", str(stats["soft_labels"]))
+    for side in ("chosen", "rejected"):
+        table.add_row(f"{side} return", f"{stats[side + '_return_mean']:.1f} ± {stats[side + '_return_std']:.1f}")
+        table.add_row(f"{side} terminated early", f"{stats['terminated_' + side]:.1%}")
+        table.add_row(f"{side} levels", ", ".join(f"{k} {v}" for k, v in stats[side + "_levels"].items()))
+    table.add_row("content hash", stats["content_hash"][:16])
+    if reference:
+        table.add_row("pi_ref normalised score", _reference_score(ds))
+    console.print(table)
+    path = plot or ds.path.replace(".safetensors", ".png")
+    console.print(f"histogram: {plot_returns(ds, path)}", highlight=False)
+
+
+@datasets_app.command("reference")
+@user_errors
+def datasets_reference(task: str = TaskOpt, variant: str = VariantOpt, seed: int = SeedOpt, pairs: int = PairsOpt,
+                       segment_length: int = LengthOpt, cache_dir: str = CacheOpt,
+                       source: str = typer.Option("chosen", help="clone the chosen segments or both sides"),
+                       episodes: int = typer.Option(10, min=1)):
+    """Behaviour-clone pi_ref on a dataset (cached) and report its normalised score."""
+    ds = _dataset(task, variant, seed, pairs, segment_length, cache_dir)
+    console.print(f"pi_ref ({source}) on {task} {ds.variant}: normalised score {_reference_score(ds, source, episodes)}")
+
+
+def _reference_score(ds, source="chosen", episodes=10) -> str:
+    from evaluators.policy import stack
+    from evaluators.reference import BCConfig, reference_policy
+    from evaluators.scoring import score
+    from evaluators.tasks import get_task
+
+    with console.status("behaviour cloning pi_ref"):
+        params = reference_policy(ds, BCConfig(source=source))
+        s = score(get_task(ds.task), stack([params]), episodes=episodes, seed=10_000)
+    return f"{s.mean[0]:.1f} ± {s.ci95[0]:.1f} (95% CI, {episodes} episodes)"
 
 
 def main():  # pragma: no cover - console entry

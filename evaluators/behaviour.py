@@ -24,11 +24,12 @@ LEVELS = ("random", "low", "medium", "expert")
 LEVEL_FRACTIONS = {"low": 0.25, "medium": 0.55}  # of the way from R_random to R_expert
 MEASURE_EPISODES = 20
 REFERENCE_EPISODES = 50
-POLICY_ROOT = os.path.join(os.path.dirname(__file__), "policies")
+SHIPPED_POLICIES = os.path.join(os.path.dirname(__file__), "policies")
 
 
 def policy_dir(task: Task, root: str | None = None) -> str:
-    return os.path.join(root or POLICY_ROOT, task.name)
+    """``root``, else $MPO_DISCOVER_POLICIES, else the checkpoints shipped with the package."""
+    return os.path.join(root or os.environ.get("MPO_DISCOVER_POLICIES") or SHIPPED_POLICIES, task.name)
 
 
 def load_manifest(task: Task, root: str | None = None) -> dict:
@@ -49,6 +50,7 @@ def load_manifest(task: Task, root: str | None = None) -> dict:
 def load_level(task: Task, level: str, root: str | None = None) -> dict:
     if level not in LEVELS:
         raise ValueError(f"unknown level {level!r}; choose one of {', '.join(LEVELS)}")
+    load_manifest(task, root)  # a missing folder gets the "train them with ..." message
     return load_policy(os.path.join(policy_dir(task, root), f"{level}.safetensors"))
 
 

@@ -113,6 +113,8 @@ class Rollout:
     observations: np.ndarray | None = None  # (B, T, obs_dim): observation before each action
     actions: np.ndarray | None = None  # (B, T, act_dim)
     rewards: np.ndarray | None = None  # (B, T)
+    qpos: np.ndarray | None = None  # (B, T, nq): simulator state before each action
+    qvel: np.ndarray | None = None  # (B, T, nv)
     final_qpos: np.ndarray | None = None
     final_qvel: np.ndarray | None = None
 
@@ -153,6 +155,8 @@ def run_policies(
         rec_obs = np.zeros((B, horizon, obs.shape[-1]), np.float32)
         rec_act = np.zeros((B, horizon, batch.model.nu), np.float32)
         rec_rew = np.zeros((B, horizon), np.float32)
+        rec_qpos = np.zeros((B, horizon, batch.model.nq))
+        rec_qvel = np.zeros((B, horizon, batch.model.nv))
     grid = np.zeros((P, width, obs.shape[-1]))
     for t in range(horizon):
         grid[policy_index, slot] = obs
@@ -162,6 +166,7 @@ def run_policies(
         if record:
             rec_obs[:, t] = obs
             rec_act[:, t] = action
+            rec_qpos[:, t], rec_qvel[:, t] = batch.qpos, batch.qvel
         obs, reward, term = batch.step(action, active)
         reward = np.where(active, reward, 0.0)
         returns += reward
@@ -176,4 +181,5 @@ def run_policies(
     out = Rollout(returns, lengths, terminated, final_qpos=batch.qpos.copy(), final_qvel=batch.qvel.copy())
     if record:
         out.observations, out.actions, out.rewards = rec_obs, rec_act, rec_rew
+        out.qpos, out.qvel = rec_qpos, rec_qvel
     return out

@@ -1,0 +1,73 @@
+"""The ``discover`` command line: working commands and one-line errors for bad input."""
+
+import shutil
+
+import pytest
+from typer.testing import CliRunner
+
+from discovery.cli import app
+from evaluators import behaviour
+from evaluators.tasks import TASKS
+
+runner = CliRunner()
+
+
+def run(*args, env=None):
+    return runner.invoke(app, list(args), env=env)
+
+
+def assert_one_line_error(result, fragment):
+    assert result.exit_code == 2, result.output
+    lines = [ln for ln in result.output.splitlines() if ln.strip()]
+    assert len(lines) == 1, result.output
+    assert lines[0].startswith("error:") and fragment in lines[0], lines[0]
+    assert "Traceback" not in result.output
+
+
+@pytest.mark.parametrize("args,fragment", [
+    (["datasets", "build", "--task", "humanoid"], "unknown task 'humanoid'"),
+    (["datasets", "build", "--variant", "dirty"], "unknown dataset variant"),
+    (["datasets", "build", "--variant", "noisy:0.7"], "outside [0, 0.5]"),
+    (["datasets", "build", "--segment-length", "-5"], "segment length"),
+    (["datasets", "build", "--pairs", "0"], "n_pairs"),
+    (["datasets", "show", "--variant", "stoch:abc"], "must be a number"),
+    (["policies", "show", "--task", "nope"], "unknown task"),
+])
+def test_bad_input_gives_one_line_and_nonzero_exit(args, fragment, tmp_path):
+    assert_one_line_error(run(*args, "--cache-dir", str(tmp_path)) if args[0] == "datasets" else run(*args),
+                          fragment)
+
+
+def test_unwritable_cache_dir(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    assert_one_line_error(run("datasets", "build", "--cache-dir", str(blocker / "sub")), "cannot create cache")
+
+
+def test_missing_and_damaged_checkpoint(tmp_path):
+    env = {"MPO_DISCOVER_POLICIES": str(tmp_path / "policies")}
+    result = run("datasets", "build", "--pairs", "4", "--cache-dir", str(tmp_path / "c"), env=env)
+    assert_one_line_error(result, "no behaviour policies for hopper")
+    shutil.copytree(behaviour.policy_dir(TASKS["hopper"]), tmp_path / "policies" / "hopper")
+    (tmp_path / "policies" / "hopper" / "expert.safetensors").write_bytes(b"\x00" * 10)
+    result = run("datasets", "build", "--pairs", "4", "--cache-dir", str(tmp_path / "c"), env=env)
+    assert_one_line_error(result, "damaged")
+    assert not list((tmp_path / "c").glob("*.safetensors")), "no half-written dataset"
+
+
+def test_datasets_build_and_show(tmp_path):
+    args = ["--task", "hopper", "--variant", "noisy:0.1", "--pairs", "16", "--segment-length", "10",
+            "--cache-dir", str(tmp_path)]
+    built = run("datasets", "build", *args)
+    assert built.exit_code == 0, built.output
+    assert "sha256" in built.output
+    png = tmp_path / "hist.png"
+    shown = run("datasets", "show", *args, "--plot", str(png))
+    assert shown.exit_code == 0, shown.output
+    assert "label agreement" in shown.output and png.stat().st_size > 1000
+
+
+def test_policies_show():
+    result = run("policies", "show", "--task", "hopper")
+    assert result.exit_code == 0, result.output
+    assert "expert" in result.output and "R_expert" in result.output
