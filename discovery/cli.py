@@ -179,6 +179,51 @@ def _reference_score(ds, source="chosen", episodes=10) -> str:
     return f"{s.mean[0]:.1f} ± {s.ci95[0]:.1f} (95% CI, {episodes} episodes)"
 
 
+@app.command("bench")
+@user_errors
+def bench(
+    quick: bool = typer.Option(False, "--quick", help="small preset: hopper clean + noisy:0.2, a few minutes on 2 CPUs"),
+    task: list[str] = typer.Option(None, "--task", help="override the preset's tasks (repeatable)"),
+    variant: list[str] = typer.Option(None, "--variant", help="override the preset's variants (repeatable)"),
+    objective: list[str] = typer.Option(None, "--objective", help="zoo objectives to run (default: all)"),
+    seeds: int = typer.Option(None, min=2, help="training seeds (default 5)"),
+    episodes: int = typer.Option(None, min=1, help="evaluation episodes per trained policy"),
+    steps: int = typer.Option(None, min=1, help="PO training steps"),
+    pairs: int = typer.Option(None, min=1, help="preference pairs per dataset"),
+    out: str = typer.Option("bench-results", help="folder for bench.md, bench.csv, bench.json"),
+):
+    """Baseline table: zoo objectives x dataset variants x tasks, normalised scores with 95% CIs."""
+    from evaluators.bench import PRESETS, format_cell, objective_names, columns, run_bench, with_overrides, write_reports
+    from evaluators.datasets import parse_variant
+    from evaluators.tasks import get_task
+    from grammar.zoo import ZOO
+
+    preset = with_overrides(PRESETS["quick" if quick else "full"], task, variant, seeds, episodes, steps, pairs)
+    for t in preset.tasks:
+        get_task(t)
+    for v in preset.variants:
+        parse_variant(v)
+    unknown = [o for o in objective or [] if o not in ZOO]
+    if unknown:
+        from evaluators.errors import SuiteError
+
+        raise SuiteError(f"unknown objective(s) {', '.join(unknown)}; the zoo has {', '.join(ZOO)}")
+    objectives = {name: ZOO[name] for name in (objective or ZOO)}
+    with console.status("bench") as status:
+        result = run_bench(objectives, preset, on_progress=lambda msg: status.update(f"bench: {msg}"))
+    cols = columns(result)
+    table = Table(title=f"normalised score, mean ± 95% CI over {preset.seeds} seeds ({result.seconds:.0f} s)")
+    table.add_column("objective")
+    for t, v in cols:
+        table.add_column(f"{t}\n{v}", justify="right")
+    for name in objective_names(result):
+        table.add_row(name, *(format_cell(result.cell(t, v, name)) for t, v in cols),
+                      style="dim" if name == "pi_ref" else None)
+    console.print(table)
+    paths = write_reports(result, out)
+    console.print("wrote " + ", ".join(paths.values()), highlight=False)
+
+
 def main():  # pragma: no cover - console entry
     app()
 

@@ -9,6 +9,7 @@ of leading batch dimensions.
 from __future__ import annotations
 
 import os
+import warnings
 from dataclasses import dataclass
 from typing import Callable
 
@@ -72,7 +73,18 @@ class Task:
 
     # -- model -----------------------------------------------------------------------------
     def load_model(self) -> mujoco.MjModel:
-        return mujoco.MjModel.from_xml_path(_gymnasium_asset(self.xml_file))
+        """Gymnasium's own model file, compiled exactly as Gymnasium does it."""
+        ignored: list[str] = []  # HalfCheetah's deprecated `settotalmass` (still applied) would warn on every load
+        previous = mujoco.get_mju_user_warning()
+        mujoco.set_mju_user_warning(ignored.append)
+        try:
+            model = mujoco.MjModel.from_xml_path(_gymnasium_asset(self.xml_file))
+        finally:
+            mujoco.set_mju_user_warning(previous)
+        for message in ignored:
+            if "settotalmass" not in message:
+                warnings.warn(f"MuJoCo: {message}", stacklevel=2)
+        return model
 
     @property
     def dt(self) -> float:

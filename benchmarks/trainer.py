@@ -1,0 +1,119 @@
+"""Population kernel vs one compilation per expression: candidates trained per second.
+
+Prints one JSON object. The population path trains P different objectives (the baseline zoo, cycled
+with perturbed constants when P exceeds it) in one call of the jit-compiled trainer; the separate
+path builds a trainer around each expression's own lambdified JAX function, so every candidate pays a
+compilation. Memory: peak RSS on CPU, the device's peak bytes in use on GPU.
+
+    python benchmarks/trainer.py --quick
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import resource
+import time
+
+import jax
+import numpy as np
+
+
+def peak_memory_bytes() -> dict:
+    out = {"peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}
+    for d in jax.devices():
+        stats = d.memory_stats() if hasattr(d, "memory_stats") else None
+        if stats and "peak_bytes_in_use" in stats:
+            out[f"{d.platform}{d.id}_peak_bytes"] = int(stats["peak_bytes_in_use"])
+    return out
+
+
+def main(argv=None) -> dict:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--population", type=int, default=None)
+    ap.add_argument("--separate", type=int, default=None, help="expressions compiled separately")
+    ap.add_argument("--steps", type=int, default=None)
+    ap.add_argument("--pairs", type=int, default=None)
+    args = ap.parse_args(argv)
+    P = args.population or (16 if args.quick else 64)
+    n_separate = args.separate or (2 if args.quick else 4)
+    steps = args.steps or (50 if args.quick else 200)
+    pairs = args.pairs or (256 if args.quick else 2048)
+
+    from evaluators.datasets import DatasetConfig, build
+    from evaluators.po_trainer import TrainConfig, train_population
+    from evaluators.reference import BCConfig, reference_policy
+    from evaluators.tasks import get_task
+    from grammar.compile import compile_jax
+    from grammar.kernel import compilation_count, constant_vector, encode, interpret, stack
+    from grammar.zoo import ZOO
+
+    task = get_task("hopper")
+    ds = build(task, "noisy:0.2", 0, DatasetConfig(n_pairs=pairs))
+    ref = reference_policy(ds, BCConfig())
+    cfg = TrainConfig(steps=steps)
+    zoo = list(ZOO.values())
+    rng = np.random.default_rng(0)
+    objectives = [zoo[i % len(zoo)] for i in range(P)]
+    programs = stack([encode(o) for o in objectives])
+    constants = np.stack([constant_vector(o) * (1 + 0.1 * rng.standard_normal() * (i >= len(zoo)))
+                          for i, o in enumerate(objectives)])[:, None, :]
+    seeds = np.arange(1)
+
+    c0 = compilation_count()
+    t0 = time.perf_counter()
+    jax.block_until_ready(train_population(interpret, ds, ref, programs, constants, seeds, cfg).params)
+    first = time.perf_counter() - t0
+    compiles_first = compilation_count() - c0
+    # A second, different population of the same size: no new compilation.
+    shuffled = stack([encode(o) for o in reversed(objectives)])
+    c1 = compilation_count()
+    t0 = time.perf_counter()
+    jax.block_until_ready(train_population(interpret, ds, ref, shuffled, constants[::-1], seeds, cfg).params)
+    warm = time.perf_counter() - t0
+    compiles_warm = compilation_count() - c1
+
+    separate_times = []
+    for obj in zoo[:n_separate]:
+        f = compile_jax(obj)
+
+        def kernel(program, variables, consts, f=f):
+            return f(variables)
+
+        t0 = time.perf_counter()
+        jax.block_until_ready(train_population(kernel, ds, ref, _first(programs),
+                                               constants[:1], seeds, cfg).params)
+        separate_times.append(time.perf_counter() - t0)
+
+    population_rate = P / warm
+    separate_rate = n_separate / sum(separate_times)
+    result = {
+        "benchmark": "trainer",
+        "machine": {"platform": platform.platform(), "backend": jax.default_backend(),
+                    "devices": [str(d) for d in jax.devices()]},
+        "task": "hopper", "dataset": "noisy:0.2", "pairs": pairs, "steps": steps,
+        "batch_pairs": cfg.batch_pairs, "population": P,
+        "population_first_call_s": round(first, 3),
+        "population_compile_s": round(first - warm, 3),
+        "population_warm_call_s": round(warm, 3),
+        "population_candidates_per_s": round(population_rate, 3),
+        "xla_compilations_first_call": compiles_first,
+        "xla_compilations_new_population": compiles_warm,
+        "separate_expressions": n_separate,
+        "separate_s_per_candidate": [round(t, 3) for t in separate_times],
+        "separate_candidates_per_s": round(separate_rate, 3),
+        "speedup": round(population_rate / separate_rate, 2),
+        **peak_memory_bytes(),
+    }
+    print(json.dumps(result, indent=1))
+    return result
+
+
+def _first(programs):
+    return jax.tree.map(lambda x: x[:1], programs)
+
+
+if __name__ == "__main__":
+    main()

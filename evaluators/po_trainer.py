@@ -1,0 +1,176 @@
+"""Offline preference-optimisation training of Gaussian MLP policies, a whole population per call.
+
+The training loop is one jit-compiled function (PureJaxRL style) vmapped over
+candidates x seeds x constant vectors. A candidate's objective enters as DATA (``programs``: a pytree
+with a leading candidate axis, e.g. the grammar's postfix programs, and ``constants``: its free
+constants), evaluated by ``loss_kernel(program, variables, constants) -> per-pair loss``
+(``grammar.kernel.interpret``). The trainer is
+compiled once per (dataset shape, population shape, config) and new objectives never recompile it.
+
+Per step each member samples a minibatch of pairs, computes the policy's sequence log-likelihood
+sums and per-step means for chosen (w) and rejected (l) segments, feeds them with the fixed reference
+values, segment lengths and progress t = step / steps to the kernel, and takes an Adam step. A member
+whose loss or gradient turns non-finite stops there (its parameters freeze) and reports why.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from evaluators.datasets import PreferenceDataset
+from grammar.compile import make_inputs
+from evaluators.policy import gaussian_log_prob, policy_mean
+
+# Reasons a member stopped early (``TrainResult.stop_reason``).
+RUNNING, NONFINITE_LOSS, NONFINITE_GRAD, NONFINITE_PARAMS = 0, 1, 2, 3
+STOP_REASONS = {RUNNING: "", NONFINITE_LOSS: "non-finite loss", NONFINITE_GRAD: "non-finite gradient",
+                NONFINITE_PARAMS: "non-finite parameters"}
+CURVE_KEYS = ("loss", "margin", "chosen_logratio", "rejected_logratio")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    steps: int = 200
+    batch_pairs: int = 32
+    lr: float = 3e-4
+    max_grad_norm: float = 10.0
+    curve_points: int = 20
+    train_log_std: bool = True
+
+
+@dataclass
+class TrainResult:
+    params: dict  # trained policies, leading axes (candidates, seeds, constant vectors)
+    curves: dict[str, np.ndarray]  # each (C, S, V, curve_points)
+    curve_steps: np.ndarray  # (curve_points,)
+    stopped_at: np.ndarray  # (C, S, V) step of the stop, or -1
+    stop_reason: np.ndarray  # (C, S, V) codes of STOP_REASONS
+
+    def reasons(self) -> np.ndarray:
+        return np.vectorize(STOP_REASONS.get)(self.stop_reason)
+
+
+def dataset_arrays(ds: PreferenceDataset) -> dict[str, np.ndarray]:
+    """What the trainer needs from a dataset, as float32/int32 arrays."""
+    return {
+        "obs_w": ds["obs_w"], "act_w": ds["act_w"], "mask_w": ds.mask("w"), "len_w": ds["len_w"].astype(np.float32),
+        "obs_l": ds["obs_l"], "act_l": ds["act_l"], "mask_l": ds.mask("l"), "len_l": ds["len_l"].astype(np.float32),
+        "pref": ds["pref"].astype(np.float32),
+    }
+
+
+def sequence_logp(params, obs, act, mask):
+    """Sum over valid steps of log pi(a_t | s_t): obs (..., L, d) -> (...)."""
+    return jnp.sum(gaussian_log_prob(policy_mean(params, obs, jnp), params["log_std"], act, jnp) * mask, axis=-1)
+
+
+def swap_sides(v):
+    """The same variables with chosen and rejected exchanged (for soft labels)."""
+    out = dict(v)
+    for a, b in (("logp_w", "logp_l"), ("ref_w", "ref_l"), ("mlogp_w", "mlogp_l"), ("mref_w", "mref_l"),
+                 ("len_w", "len_l")):
+        out[a], out[b] = v[b], v[a]
+    return out
+
+
+def build_trainer(loss_kernel: Callable, cfg: TrainConfig, soft_labels: bool):
+    """The jitted population trainer ``train(ref_params, data, ref_logps, programs, constants, seeds)``."""
+    n_curve = max(1, min(cfg.curve_points, cfg.steps))
+    every = max(1, cfg.steps // n_curve)
+    opt = optax.chain(optax.clip_by_global_norm(cfg.max_grad_norm), optax.adam(cfg.lr))
+
+    def trainable(params):
+        keys = [k for k in params if k not in ("obs_mean", "obs_std") and (cfg.train_log_std or k != "log_std")]
+        return {k: params[k] for k in keys}
+
+    def train_one(ref_params, data, ref_logps, program, constants, seed):
+        frozen = {k: v for k, v in ref_params.items() if k not in trainable(ref_params)}
+        n_pairs = data["pref"].shape[0]
+
+        def pair_losses(theta, idx, t):
+            policy = {**frozen, **theta}
+            logp_w = sequence_logp(policy, data["obs_w"][idx], data["act_w"][idx], data["mask_w"][idx])
+            logp_l = sequence_logp(policy, data["obs_l"][idx], data["act_l"][idx], data["mask_l"][idx])
+            v = make_inputs(logp_w, logp_l, ref_logps["w"][idx], ref_logps["l"][idx],
+                            data["len_w"][idx], data["len_l"][idx], t)
+            loss = loss_kernel(program, v, constants)
+            if soft_labels:
+                pref = data["pref"][idx]
+                loss = pref * loss + (1.0 - pref) * loss_kernel(program, swap_sides(v), constants)
+            chosen, rejected = logp_w - v["ref_w"], logp_l - v["ref_l"]
+            stats = {"margin": jnp.mean(chosen - rejected), "chosen_logratio": jnp.mean(chosen),
+                     "rejected_logratio": jnp.mean(rejected)}
+            return jnp.mean(loss), stats
+
+        def step(carry, i):
+            theta, opt_state, key, stopped_at, reason = carry
+            key, sub = jax.random.split(key)
+            idx = jax.random.randint(sub, (cfg.batch_pairs,), 0, n_pairs)
+            t = i.astype(jnp.float32) / cfg.steps
+            (loss, stats), grads = jax.value_and_grad(pair_losses, has_aux=True)(theta, idx, t)
+            updates, new_opt_state = opt.update(grads, opt_state, theta)
+            new_theta = optax.apply_updates(theta, updates)
+            finite = lambda tree: jnp.all(jnp.array([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]))
+            bad = jnp.where(~jnp.isfinite(loss), NONFINITE_LOSS,
+                            jnp.where(~finite(grads), NONFINITE_GRAD,
+                                      jnp.where(~finite(new_theta), NONFINITE_PARAMS, RUNNING)))
+            alive = reason == RUNNING
+            newly_stopped = alive & (bad != RUNNING)
+            keep = alive & (bad == RUNNING)
+            theta = jax.tree.map(lambda new, old: jnp.where(keep, new, old), new_theta, theta)
+            opt_state = jax.tree.map(lambda new, old: jnp.where(keep, new, old), new_opt_state, opt_state)
+            stopped_at = jnp.where(newly_stopped, i, stopped_at)
+            reason = jnp.where(newly_stopped, bad, reason)
+            record = {"loss": loss, **stats}
+            return (theta, opt_state, key, stopped_at, reason), record
+
+        theta0 = trainable(ref_params)
+        carry = (theta0, opt.init(theta0), jax.random.PRNGKey(seed), jnp.int32(-1), jnp.int32(RUNNING))
+        (theta, _, _, stopped_at, reason), records = jax.lax.scan(step, carry, jnp.arange(cfg.steps))
+        curves = {k: records[k][every - 1 :: every][:n_curve] for k in CURVE_KEYS}
+        return {**frozen, **theta}, curves, stopped_at, reason
+
+    # candidates x seeds x constant vectors; programs/constants vary with the candidate axis.
+    over_vectors = jax.vmap(train_one, in_axes=(None, None, None, None, 0, None))
+    over_seeds = jax.vmap(over_vectors, in_axes=(None, None, None, None, None, 0))
+    over_candidates = jax.vmap(over_seeds, in_axes=(None, None, None, 0, 0, None))
+    return jax.jit(over_candidates), every * np.arange(1, n_curve + 1)
+
+
+def reference_logps(ref_params, data) -> dict[str, jnp.ndarray]:
+    """Fixed log pi_ref of every chosen and rejected segment (computed once per dataset)."""
+    ref = jax.tree.map(jnp.asarray, ref_params)
+    f = jax.jit(sequence_logp)
+    return {"w": f(ref, data["obs_w"], data["act_w"], data["mask_w"]),
+            "l": f(ref, data["obs_l"], data["act_l"], data["mask_l"])}
+
+
+_TRAINERS: dict = {}
+
+
+def train_population(loss_kernel: Callable, ds: PreferenceDataset, ref_params: dict, programs, constants,
+                     seeds, cfg: TrainConfig = TrainConfig()) -> TrainResult:
+    """Train every (candidate, seed, constant vector) from pi_ref; one compiled call.
+
+    ``programs``: pytree, leading axis C. ``constants``: (C, V, K) free-constant vectors per candidate.
+    ``seeds``: (S,) ints. The compiled trainer is cached per (kernel, config, soft labels) and JAX
+    reuses it for every population of the same shapes.
+    """
+    data = {k: jnp.asarray(v) for k, v in dataset_arrays(ds).items()}
+    soft = bool(np.any(ds["pref"] != 1.0))
+    key = (loss_kernel, cfg, soft)
+    if key not in _TRAINERS:
+        _TRAINERS[key] = build_trainer(loss_kernel, cfg, soft)
+    trainer, curve_steps = _TRAINERS[key]
+    ref = jax.tree.map(jnp.asarray, ref_params)
+    params, curves, stopped_at, reason = trainer(ref, data, reference_logps(ref, data), programs,
+                                                 jnp.asarray(constants, jnp.float32),
+                                                 jnp.asarray(seeds, jnp.uint32))
+    to_np = lambda tree: jax.tree.map(np.asarray, tree)
+    return TrainResult(to_np(params), to_np(curves), curve_steps, np.asarray(stopped_at), np.asarray(reason))
