@@ -54,7 +54,7 @@ def main(argv=None) -> dict:
     ds = build(task, "noisy:0.2", 0, DatasetConfig(n_pairs=pairs))
     ref = reference_policy(ds, BCConfig())
     cfg = TrainConfig(steps=steps)
-    zoo = list(ZOO.values())
+    zoo = [b.objective for b in ZOO.values()]
     rng = np.random.default_rng(0)
     objectives = [zoo[i % len(zoo)] for i in range(P)]
     programs = stack([encode(o) for o in objectives])
