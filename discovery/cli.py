@@ -26,12 +26,16 @@ def user_errors(fn):
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
+        from archive.store import ArchiveError
         from evaluators.errors import SuiteError
 
         try:
             return fn(*args, **kwargs)
-        except (SuiteError, OSError) as e:
-            err_console.print(f"[red]error:[/red] {e}", highlight=False, soft_wrap=True)
+        except (SuiteError, ArchiveError, OSError, ValueError, KeyError) as e:
+            if os.environ.get("MPO_DISCOVER_DEBUG"):
+                raise
+            message = e.args[0] if isinstance(e, KeyError) and e.args else e
+            err_console.print(f"[red]error:[/red] {message}", highlight=False, soft_wrap=True)
             raise typer.Exit(2)
 
     return wrapper
@@ -52,6 +56,7 @@ def policies_train(
     steps: int = typer.Option(3_000_000, min=10_000, help="PPO environment steps"),
     seed: int = typer.Option(0),
     out: str = typer.Option(None, help="policy folder (default: the package's evaluators/policies)"),
+    reselect: bool = typer.Option(False, help="re-select levels from the saved snapshots of an earlier run"),
 ):
     """Train behaviour policies with PPO and save the random/low/medium/expert levels + manifest."""
     from evaluators.behaviour import train_behaviour
@@ -68,7 +73,7 @@ def policies_train(
                 progress.update(bar, status=f"eval {eval_return:7.1f}  best {best[0]:7.1f}")
             progress.update(bar, completed=step)
 
-        manifest = train_behaviour(t, steps, seed, out, on_progress)
+        manifest = train_behaviour(t, steps, seed, out, on_progress, reselect)
     _print_manifest(manifest)
 
 
@@ -208,7 +213,7 @@ def bench(
         from evaluators.errors import SuiteError
 
         raise SuiteError(f"unknown objective(s) {', '.join(unknown)}; the zoo has {', '.join(ZOO)}")
-    objectives = {name: ZOO[name] for name in (objective or ZOO)}
+    objectives = {name: ZOO[name].objective for name in (objective or ZOO)}
     with console.status("bench") as status:
         result = run_bench(objectives, preset, on_progress=lambda msg: status.update(f"bench: {msg}"))
     cols = columns(result)
@@ -222,6 +227,169 @@ def bench(
     console.print(table)
     paths = write_reports(result, out)
     console.print("wrote " + ", ".join(paths.values()), highlight=False)
+
+
+DEFAULT_ARCHIVE = os.path.join("runs", "archive.db")
+
+
+@app.command("run")
+@user_errors
+def run(
+    task: list[str] = typer.Option(None, help="task(s) of the fitness (repeatable; default hopper)"),
+    dataset: list[str] = typer.Option(None, help="dataset variant(s) of the fitness (repeatable; default noisy:0.2)"),
+    seeds: int = typer.Option(2, min=1, help="training seeds per fitness evaluation"),
+    episodes: int = typer.Option(2, min=1, help="evaluation episodes per trained policy"),
+    steps: int = typer.Option(100, min=1, help="PO training steps per candidate"),
+    pairs: int = typer.Option(1024, min=16, help="preference pairs per dataset"),
+    segment_length: int = typer.Option(50, min=2, help="steps per preference segment"),
+    reference_steps: int = typer.Option(3000, min=1, help="behaviour-cloning steps of the reference policy"),
+    batch: int = typer.Option(8, min=1, help="candidates trained per population call (GP/LLM generations)"),
+    backend: str = typer.Option("native", help="rollout backend for scoring: native (CPU MuJoCo) or mjx"),
+    budget_evals: int = typer.Option(48, min=0, help="stop after this many candidates trained (0: no limit)"),
+    budget_minutes: float = typer.Option(3.0, min=0, help="stop after this many minutes of search (0: no limit)"),
+    gp: float = typer.Option(0.7, min=0, help="scheduler weight of genetic programming"),
+    es: float = typer.Option(0.3, min=0, help="scheduler weight of the evolution strategy on constants"),
+    llm: float = typer.Option(0.0, min=0, help="scheduler weight of the LLM proposer (needs an endpoint)"),
+    llm_provider: str = typer.Option("openai", help="openai, anthropic or openai-compatible"),
+    llm_model: str = typer.Option(None, help="model name (default: the provider's default)"),
+    llm_base_url: str = typer.Option(None, help="base URL of an OpenAI-compatible endpoint (vLLM, llama.cpp, Ollama)"),
+    llm_max_calls: int = typer.Option(50, min=1, help="LLM call budget of the run"),
+    es_strategy: str = typer.Option("cma", help="evosax strategy: cma, openes or snes"),
+    descriptors: str = typer.Option("complexity,saturation",
+                                    help="QD grid axes: name or name=low:high:bins, comma-separated"),
+    baseline: list[str] = typer.Option(None, help="zoo objectives of generation 0 (repeatable; default all)"),
+    top_k: int = typer.Option(3, min=1, help="elites re-evaluated on fresh seeds at the end"),
+    fresh_seeds: int = typer.Option(5, min=2, help="training seeds of the fresh-seed re-evaluation"),
+    seed: int = typer.Option(0, help="seed of the whole search"),
+    archive: str = typer.Option(DEFAULT_ARCHIVE, help="SQLite archive file"),
+    resume: bool = typer.Option(False, "--resume", help="continue the archive's latest (or --run) run"),
+    run_id: int = typer.Option(None, "--run", help="run to resume (default: the latest)"),
+):
+    """Search for PO objectives: GP + ES (+ LLM) into a quality-diversity archive, with a live view.
+
+    Ctrl-C stops cleanly (the generation in flight is dropped); `--resume` continues the same run.
+    """
+    from dataclasses import replace
+
+    from rich.live import Live
+
+    from archive.store import ArchiveStore
+    from discovery.es import ESConfig
+    from discovery.live import fresh_table, live_view
+    from discovery.llm import LLMConfig
+    from discovery.search import Search, SearchConfig
+    from evaluators.datasets import DatasetConfig
+    from evaluators.fitness import FitnessConfig
+    from evaluators.po_trainer import TrainConfig
+    from evaluators.reference import BCConfig
+
+    max_evals, max_seconds = budget_evals or None, budget_minutes * 60 or None
+    store = ArchiveStore(archive)
+    status = ["preparing"]
+
+    def on_event(msg: str):
+        status[0] = msg
+
+    if resume:
+        search = Search.resume(store, run_id, max_evaluations=max_evals, max_seconds=max_seconds, on_event=on_event)
+        console.print(f"resuming run #{search.run_id} at generation {search.generation} "
+                      f"({search.evaluations()} evaluations so far)")
+    else:
+        llm_cfg = LLMConfig(provider=llm_provider, base_url=llm_base_url, max_calls=llm_max_calls)
+        if llm_model:
+            llm_cfg = replace(llm_cfg, model=llm_model)
+        fitness = FitnessConfig(tasks=tuple(task or ("hopper",)), datasets=tuple(dataset or ("noisy:0.2",)),
+                                seeds=seeds, episodes=episodes,
+                                dataset=DatasetConfig(n_pairs=pairs, segment_length=segment_length),
+                                train=TrainConfig(steps=steps), reference=BCConfig(steps=reference_steps),
+                                backend=backend, batch=batch)
+        cfg = SearchConfig(fitness=fitness, seed=seed, max_evaluations=max_evals, max_seconds=max_seconds,
+                           weights={"gp": gp, "es": es, "llm": llm}, es=ESConfig(strategy=es_strategy),
+                           llm=llm_cfg, descriptors=descriptors, baselines=tuple(baseline or ()), top_k=top_k,
+                           fresh_seeds=fresh_seeds)
+        search = Search.start(store, cfg, on_event=on_event)
+        console.print(f"run #{search.run_id} in {archive}")
+    if search.llm_note:
+        console.print(f"[yellow]{search.llm_note}[/yellow]")
+    history = []
+    with Live(live_view(search, history, status[0]), console=console, refresh_per_second=2, transient=False) as live:
+        def refresh(msg: str | None = None):
+            if msg:
+                status[0] = msg
+            live.update(live_view(search, history, status[0]))
+
+        search.on_event = search.evaluator.on_event = refresh
+        try:
+            search.run(on_generation=lambda g: (history.append(g), refresh(f"generation {g.index} committed")))
+        except KeyboardInterrupt:
+            live.stop()
+            console.print(f"[yellow]interrupted[/yellow]: generations up to {search.generation - 1} are committed; "
+                          f"continue with `discover run --resume --archive {archive}`")
+            raise typer.Exit(130)
+        refresh("re-evaluating the best on fresh seeds")
+        rows = search.fresh_evaluation()
+    console.print(fresh_table(rows, search.cfg.fresh_seeds))
+    _write_run_plots(search, os.path.join(os.path.dirname(archive) or ".", "plots"))
+
+
+def _write_run_plots(search, folder: str) -> None:
+    from archive.plots import plot_fitness_over_time, plot_heatmap
+
+    os.makedirs(folder, exist_ok=True)
+    heat = os.path.join(folder, f"run{search.run_id}-map.png")
+    curve = os.path.join(folder, f"run{search.run_id}-fitness.png")
+    plot_heatmap(search.qd, heat)
+    best_baseline = search.best_baseline()
+    plot_fitness_over_time(search.store.candidates(search.run_id, with_objective=False), curve,
+                           baseline=best_baseline[1] if best_baseline else None)
+    console.print(f"wrote {heat}, {curve}", highlight=False)
+
+
+@app.command("export")
+@user_errors
+def export(
+    target: str = typer.Argument(..., help="a zoo name (dpo), an archive id (42 or #42), or a loss expression"),
+    format: str = typer.Option("torch", "--format", "-f", help="torch, jax, latex or sympy"),
+    archive: str = typer.Option(DEFAULT_ARCHIVE, help="SQLite archive (for ids)"),
+    name: str = typer.Option(None, help="name of the exported function (default: the objective's)"),
+    out: str = typer.Option(None, "--out", "-o", help="write to this file instead of printing"),
+):
+    """Export an objective as standalone PyTorch / JAX code, LaTeX or sympy."""
+    from grammar.export import export as export_objective
+
+    objective = _resolve_objective(target, archive)
+    if name:
+        objective = objective.replace(name=name)
+    text = export_objective(objective, format)
+    if out:
+        tmp = out + ".tmp"
+        with open(tmp, "w") as f:
+            f.write(text if text.endswith("\n") else text + "\n")
+        os.replace(tmp, out)
+        console.print(f"wrote {out}", highlight=False)
+    else:
+        print(text)
+
+
+def _resolve_objective(target: str, archive: str):
+    from grammar.objective import Objective
+    from grammar.zoo import ZOO
+
+    if target in ZOO:
+        return ZOO[target].objective
+    if target.lstrip("#").isdigit():
+        from archive.store import ArchiveStore
+
+        if not os.path.exists(archive):
+            raise ValueError(f"no archive at {archive}; pass --archive")
+        with ArchiveStore(archive) as store:
+            return store.candidate(int(target.lstrip("#")))["objective"]
+    return Objective.free("custom_loss", target)
+
+
+from discovery.cli_archive import archive_app  # noqa: E402  (the sub-app uses this module's console)
+
+app.add_typer(archive_app, name="archive")
 
 
 def main():  # pragma: no cover - console entry

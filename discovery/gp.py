@@ -31,7 +31,7 @@ OPERATOR_NAMES = ("subtree", "point", "insert", "delete", "crossover", "constant
 
 @dataclass(frozen=True)
 class GPConfig:
-    max_complexity: float = 40.0
+    max_complexity: float = 100.0  # the QD grid's complexity axis spans [0, 100]
     max_depth_new: int = 2  # depth of freshly grown subtrees
     constant_sigma: float = 0.3  # log-normal perturbation of constants
     operator_weights: tuple[float, ...] = (0.25, 0.2, 0.15, 0.1, 0.15, 0.1, 0.05)

@@ -125,6 +125,18 @@ class Objective:
             changes["constants"] = {**self.constants, **changes["constants"]}
         return Objective(**{**fields, **changes})
 
+    def short_text(self, limit: int = 90) -> str:
+        """One line for tables: the MPO parts that differ from DPO's (or the free loss), then the constants."""
+        if self.shape == "mpo":
+            parts = [f"{k}={to_text(v)}" for k, v in self.parts().items()
+                     if k == "g" or v != _DPO_PARTS[k]]
+            text = "  ".join(parts)
+        else:
+            text = to_text(self.loss)
+        constants = ", ".join(f"{k}={v:.3g}" for k, v in sorted(self.constants.items()))
+        text = f"{text}  [{constants}]" if constants else text
+        return text if len(text) <= limit else text[:limit - 1] + "…"
+
     def to_dict(self) -> dict:
         """A JSON-ready description; `Objective.from_dict` reads it back through the safe parser."""
         return {"name": self.name, "shape": self.shape,
@@ -138,6 +150,9 @@ class Objective:
         return cls(str(data["name"]), data["shape"], **parts, constants=dict(data.get("constants", {})),
                    ranges={k: tuple(v) for k, v in dict(data.get("ranges", {})).items()},
                    monotone=bool(data.get("monotone", True)))
+
+
+_DPO_PARTS = {"phi_inv": parse("u", "phi_inv"), "psi": parse(DEFAULT_PSI, "psi"), "imitation": parse("0", "imitation")}
 
 
 def _as_expr(value: str | sympy.Expr | int | float, part: str) -> sympy.Expr:

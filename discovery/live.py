@@ -1,0 +1,79 @@
+"""The live view of `discover run` and its final report (rich renderables built from a `Search`)."""
+
+from __future__ import annotations
+
+from rich.console import Group
+from rich.panel import Panel
+from rich.table import Table
+from rich.text import Text
+
+from discovery.search import FreshRow, Generation, Search
+
+RECENT_ELITES = 6
+TOP_REASONS = 6
+
+
+def _fmt(x: float | None, ci: float | None = None) -> str:
+    if x is None:
+        return "—"
+    return f"{x:6.1f} ± {ci:4.1f}" if ci is not None else f"{x:6.1f}"
+
+
+def live_view(search: Search, history: list[Generation], status: str) -> Panel:
+    cfg = search.cfg
+    evals, elapsed = search.evaluations(), search.elapsed()
+    budget = []
+    if cfg.max_evaluations is not None:
+        budget.append(f"{evals}/{cfg.max_evaluations} evaluations")
+    if cfg.max_seconds is not None:
+        budget.append(f"{elapsed:.0f}/{cfg.max_seconds:.0f} s")
+    rate = evals / elapsed if elapsed > 0 else 0.0
+    best, baseline = search.qd.best, search.best_baseline()
+    found = search.best()
+    head = Table.grid(padding=(0, 2))
+    head.add_row("run", f"#{search.run_id}", "generation", str(search.generation), "budget", ", ".join(budget))
+    head.add_row("evals/s", f"{rate:.2f}", "coverage", f"{search.qd.coverage:.0%}",
+                 "QD-score", f"{search.qd.qd_score:.0f}")
+    head.add_row("best found", _fmt(found and found["fitness"], found and found["ci95"]),
+                 "best baseline", f"{baseline[0]} {baseline[1]:.1f}" if baseline else "—",
+                 "archive best", f"#{best.candidate_id} {best.fitness:.1f}" if best else "—")
+
+    elites = Table(title="recent elites", title_justify="left", expand=True)
+    for col in ("id", "gen", "origin", "fitness"):
+        elites.add_column(col, justify="right" if col != "origin" else "left", no_wrap=True)
+    elites.add_column("formula", overflow="ellipsis", no_wrap=True)
+    recent = [cid for g in history for cid in g.improved][-RECENT_ELITES:]
+    for cid in reversed(recent):
+        c = search.store.candidate(cid)
+        elites.add_row(str(cid), str(c["generation"]), c["origin"], _fmt(c["fitness"], c["ci95"]),
+                       c["objective"].short_text())
+
+    reasons = Table(title="rejections by reason", title_justify="left", expand=True)
+    reasons.add_column("count", justify="right")
+    reasons.add_column("reason", overflow="ellipsis", no_wrap=True)
+    counts = search.store.rejection_counts(search.run_id)
+    for reason, n in sorted(counts.items(), key=lambda kv: -kv[1])[:TOP_REASONS]:
+        reasons.add_row(str(n), reason)
+
+    last = history[-1] if history else None
+    line = Text(status, style="bold")
+    if last is not None:
+        line.append(f"   last: gen {last.index} {last.proposer}: {last.evaluated} trained, {last.rejected} rejected"
+                    + (f" ({last.note})" if last.note else ""), style="dim")
+    return Panel(Group(head, elites, reasons, line), title="discover run", border_style="cyan")
+
+
+def fresh_table(rows: list[FreshRow], seeds: int) -> Table:
+    """Elites and baselines on fresh seeds, best first, with the gap to the best baseline."""
+    zoo = [r for r in rows if r.origin == "zoo" and r.fitness is not None]
+    best_zoo = max(zoo, key=lambda r: r.fitness) if zoo else None
+    table = Table(title=f"fresh seeds: normalised score, mean ± 95% CI over {seeds} training seeds")
+    for col, justify in (("id", "right"), ("objective", "left"), ("origin", "left"), ("search", "right"),
+                         ("fresh", "right"), ("vs best baseline", "right"), ("formula", "left")):
+        table.add_column(col, justify=justify, overflow="fold" if col == "formula" else "ellipsis")
+    for r in rows:
+        gap = "" if best_zoo is None or r.fitness is None else f"{r.fitness - best_zoo.fitness:+.1f}"
+        style = "dim" if r.origin == "zoo" and r is not best_zoo else ("bold green" if r.origin != "zoo" else None)
+        table.add_row(str(r.candidate_id), r.name, r.origin, _fmt(r.search_fitness), _fmt(r.fitness, r.ci95),
+                      gap, r.formula if r.origin != "zoo" else "", style=style)
+    return table

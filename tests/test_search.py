@@ -1,0 +1,252 @@
+"""The search loop end to end: recording, determinism, Ctrl-C, SIGKILL + resume, LLM degradation, CLI."""
+
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+
+import httpx2 as httpx
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from archive.store import ArchiveStore
+from discovery.cli import app
+from discovery.llm import LLMConfig
+from discovery.search import Search, SearchConfig
+from evaluators.datasets import DatasetConfig
+from evaluators.fitness import FitnessConfig
+from evaluators.po_trainer import TrainConfig
+from evaluators.reference import BCConfig
+
+BASELINES = ("dpo", "sft", "ipo", "hinge")
+# Small enough for a 2-core CI machine; the same numbers as TINY_CLI below.
+TINY = SearchConfig(
+    fitness=FitnessConfig(seeds=2, episodes=1, dataset=DatasetConfig(n_pairs=64, segment_length=20, max_prefix=40),
+                          train=TrainConfig(steps=10, batch_pairs=16, curve_points=2), reference=BCConfig(steps=100),
+                          batch=4),
+    seed=0, max_evaluations=12, max_seconds=None, baselines=BASELINES, top_k=2, fresh_seeds=2,
+    weights={"gp": 0.6, "es": 0.4, "llm": 0.0})
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory):
+    path = str(tmp_path_factory.mktemp("cache"))
+    old = os.environ.get("MPO_DISCOVER_CACHE")
+    os.environ["MPO_DISCOVER_CACHE"] = path
+    yield path
+    if old is None:
+        del os.environ["MPO_DISCOVER_CACHE"]
+    else:
+        os.environ["MPO_DISCOVER_CACHE"] = old
+
+
+def _trace(store: ArchiveStore, run_id: int) -> list[tuple]:
+    """What a run produced, in order, without timestamps."""
+    return [(c["generation"], c["origin"], c["formula"], c["status"], c["reason"],
+             None if c["fitness"] is None else round(c["fitness"], 6), tuple(c["parents"]))
+            for c in store.candidates(run_id)]
+
+
+@pytest.fixture(scope="module")
+def finished(cache, tmp_path_factory):
+    path = str(tmp_path_factory.mktemp("run") / "archive.db")
+    store = ArchiveStore(path)
+    search = Search.start(store, TINY)
+    generations = search.run()
+    rows = search.fresh_evaluation()
+    return store, search, generations, rows
+
+
+def test_a_run_records_every_candidate_with_scores_descriptors_and_lineage(finished):
+    store, search, generations, rows = finished
+    run = store.run(search.run_id)
+    assert run["status"] == "finished" and run["seed"] == 0 and run["code_version"]
+    assert SearchConfig.from_dict(run["config"]) == TINY
+    cands = store.candidates(search.run_id)
+    zoo = [c for c in cands if c["origin"] == "zoo"]
+    assert sorted(c["objective"].name for c in zoo) == sorted(BASELINES)
+    assert all(c["generation"] == 0 for c in zoo)
+    assert search.evaluations() >= TINY.max_evaluations
+    proposers = {g.proposer for g in generations}
+    assert "gp" in proposers, proposers
+    for c in cands:
+        if c["status"] == "evaluated":
+            scores = store.scores(c["id"], fresh=False)
+            assert {(s["task"], s["dataset"], s["seed"]) for s in scores} == {("hopper", "noisy:0.2", 0),
+                                                                            ("hopper", "noisy:0.2", 1)}
+            assert np.isclose(np.mean([s["score"] for s in scores]), c["fitness"])
+            assert set(c["descriptors"]) == {"complexity", "saturation"}
+        elif c["status"] == "rejected":
+            assert c["reason"], "a rejection always says why"
+        if c["origin"].startswith(("gp:", "es:")):
+            assert c["parents"] and all(p < c["id"] for p in c["parents"])
+    child = next(c for c in cands if c["origin"].startswith("gp:"))
+    assert store.lineage(child["id"])[0]["id"] == child["id"]
+    assert search.qd.coverage > 0 and search.qd.best is not None
+
+
+def test_fresh_seed_report_covers_elites_and_baselines(finished):
+    store, search, _, rows = finished
+    origins = [r.origin for r in rows]
+    assert origins.count("zoo") == len(BASELINES)
+    assert 1 <= len(rows) - len(BASELINES) <= TINY.top_k
+    for r in rows:
+        fresh = store.scores(r.candidate_id, fresh=True)
+        if r.fitness is not None:
+            assert {s["seed"] for s in fresh}.isdisjoint({0, 1}), "fresh seeds differ from search seeds"
+            assert r.ci95 is not None and r.ci95 >= 0
+
+
+def test_same_seed_gives_the_same_archive(finished, tmp_path):
+    store, search, _, _ = finished
+    again = Search.start(ArchiveStore(str(tmp_path / "again.db")), TINY)
+    again.run()
+    assert _trace(again.store, again.run_id) == _trace(store, search.run_id)
+
+
+def test_ctrl_c_drops_only_the_generation_in_flight(cache, tmp_path, monkeypatch):
+    store = ArchiveStore(str(tmp_path / "a.db"))
+    search = Search.start(store, TINY)
+    search.step()  # generation 0 (baselines)
+    search.step()
+    committed = _trace(store, search.run_id)
+
+    def interrupted(*args, **kwargs):  # Ctrl-C while the next generation is being screened
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("discovery.search.check", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        search.run()
+    assert store.run(search.run_id)["status"] == "interrupted"
+    assert _trace(store, search.run_id) == committed
+
+
+def _wait_for(predicate, timeout):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.2)
+    return False
+
+
+TINY_CLI = ["run", "--seed", "0", "--baseline", "dpo", "--baseline", "sft", "--baseline", "ipo", "--baseline", "hinge",
+            "--budget-evals", "12", "--budget-minutes", "0", "--seeds", "2", "--episodes", "1", "--steps", "10",
+            "--pairs", "64", "--segment-length", "20", "--reference-steps", "100", "--batch", "4", "--top-k", "2",
+            "--fresh-seeds", "2"]
+
+
+def test_sigkill_mid_generation_loses_nothing_committed_and_resume_continues(cache, tmp_path):
+    path = str(tmp_path / "killed.db")
+    env = {**os.environ, "MPO_DISCOVER_CACHE": cache, "COLUMNS": "120"}
+    proc = subprocess.Popen([sys.executable, "-m", "discovery.cli", *TINY_CLI, "--archive", path], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+    def generations_committed():
+        if not os.path.exists(path):
+            return 0
+        try:
+            with sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=1) as db:
+                return db.execute("select count(distinct generation) from candidates").fetchone()[0]
+        except sqlite3.Error:
+            return 0
+
+    try:
+        assert _wait_for(lambda: generations_committed() >= 2 or proc.poll() is not None, 400), "no progress"
+        assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
+        time.sleep(0.5)  # into the next generation's training
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(10)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    with sqlite3.connect(path) as db:
+        assert db.execute("pragma integrity_check").fetchone()[0] == "ok"
+    store = ArchiveStore(path)
+    run = store.latest_run()
+    before = _trace(store, run["id"])
+    assert run["status"] == "running", "SIGKILL leaves no chance to mark the run"
+    last = store.last_generation(run["id"])
+    assert last >= 1
+    assert {g for g, *_ in before} == set(range(last + 1)), "only whole generations are committed"
+    store.close()
+
+    result = CliRunner().invoke(app, [*TINY_CLI, "--archive", path, "--resume"], env=env)
+    assert result.exit_code == 0, result.output
+    assert "resuming run" in result.output
+    store = ArchiveStore(path)
+    after = _trace(store, run["id"])
+    assert after[:len(before)] == before
+    assert store.last_generation(run["id"]) > last
+    assert store.run(run["id"])["status"] == "finished"
+    # killed and resumed, the run is the one an uninterrupted run with the same seed produces
+    reference = Search.start(ArchiveStore(str(tmp_path / "reference.db")), SearchConfig.from_dict(run["config"]))
+    reference.run()
+    assert _trace(reference.store, reference.run_id) == after
+
+
+def _chat_answer(content: str) -> dict:
+    return {"id": "x", "object": "chat.completion", "created": 0, "model": "test-model",
+            "choices": [{"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": content}}],
+            "usage": {"prompt_tokens": 100, "completion_tokens": 50, "total_tokens": 150}}
+
+
+LLM_WEIGHTS = {"gp": 0.0, "es": 0.0, "llm": 1.0}
+
+
+def _llm_search(tmp_path, handler, name):
+    cfg = SearchConfig(**{**TINY.__dict__, "weights": LLM_WEIGHTS, "max_evaluations": 4,
+                          "llm": LLMConfig(provider="openai-compatible", base_url="http://llm.test/v1", model="test-model",
+                                           max_retries=0)})
+    client = httpx.Client(transport=httpx.MockTransport(handler))
+    return Search.start(ArchiveStore(str(tmp_path / name)), cfg, llm_http_client=client)
+
+
+def test_llm_answers_become_candidates_with_their_exchange(cache, tmp_path):
+    answer = json.dumps({"objectives": [
+        {"shape": "mpo", "g": "softplus(-z) + 0.1*relu(-z)", "rationale": "DPO with a margin term"},
+        {"shape": "free", "loss": "__import__('os').system('true')"},
+    ]})
+    seen = []
+
+    def handler(request):
+        seen.append(json.loads(request.content))
+        return httpx.Response(200, json=_chat_answer(answer))
+
+    search = _llm_search(tmp_path, handler, "llm.db")
+    search.step()
+    g = search.step()
+    assert g.proposer == "llm"
+    cands = [c for c in search.store.candidates(search.run_id) if c["origin"].startswith("llm:")]
+    assert len(cands) == 1 and cands[0]["exchange_id"] is not None
+    ex = search.store.exchange(cands[0]["exchange_id"])
+    assert ex["answer"] == answer and ex["error"] is None
+    prompt = json.dumps(seen[0])
+    assert "dpo" in prompt.lower() and "softplus" in prompt
+    rejected = search.store.get_state(search.run_id, "llm_rejections")
+    assert any("__import__" in r for r in rejected)
+
+
+def test_a_dead_llm_endpoint_degrades_to_gp_and_is_recorded(cache, tmp_path):
+    def handler(request):
+        return httpx.Response(503, json={"error": {"message": "overloaded"}})
+
+    search = _llm_search(tmp_path, handler, "dead.db")
+    search.step()
+    g = search.step()
+    assert g.proposer == "gp" and "LLM call failed" in g.note
+    assert g.evaluated + g.rejected > 0
+    exchanges = search.store.exchanges(search.run_id)
+    assert len(exchanges) == 1 and exchanges[0]["error"]
+
+
+def test_run_cli_rejects_bad_config_with_one_line(tmp_path):
+    result = CliRunner().invoke(app, ["run", "--task", "pendulum", "--archive", str(tmp_path / "x.db")])
+    assert result.exit_code == 2
+    assert "error:" in result.output and "Traceback" not in result.output
+    result = CliRunner().invoke(app, ["run", "--descriptors", "nonsense", "--archive", str(tmp_path / "y.db")])
+    assert result.exit_code == 2 and "unknown descriptor" in result.output
