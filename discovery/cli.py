@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import functools
 import os
 import sys
 
 import typer
-from rich.console import Console
 from rich.table import Table
+
+from discovery.ui import console, err_console, user_errors
 
 app = typer.Typer(help="MPO Discover: discover preference-optimisation objectives.", no_args_is_help=True,
                   pretty_exceptions_enable=False, add_completion=False)
@@ -16,30 +16,6 @@ policies_app = typer.Typer(help="Behaviour policies of the diagnostic suite.", n
 datasets_app = typer.Typer(help="Preference datasets and the BC reference policy.", no_args_is_help=True)
 app.add_typer(policies_app, name="policies")
 app.add_typer(datasets_app, name="datasets")
-
-console = Console()
-err_console = Console(stderr=True)
-
-
-def user_errors(fn):
-    """Turn the errors a user can cause into one red line and exit status 2."""
-
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        from archive.store import ArchiveError
-        from evaluators.errors import SuiteError
-
-        try:
-            return fn(*args, **kwargs)
-        except (SuiteError, ArchiveError, OSError, ValueError, KeyError) as e:
-            if os.environ.get("MPO_DISCOVER_DEBUG"):
-                raise
-            message = e.args[0] if isinstance(e, KeyError) and e.args else e
-            err_console.print(f"[red]error:[/red] {message}", highlight=False, soft_wrap=True)
-            raise typer.Exit(2)
-
-    return wrapper
-
 
 def progress_bar():
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
@@ -351,16 +327,12 @@ def export(
     target: str = typer.Argument(..., help="a zoo name (dpo), an archive id (42 or #42), or a loss expression"),
     format: str = typer.Option("torch", "--format", "-f", help="torch, jax, latex or sympy"),
     archive: str = typer.Option(DEFAULT_ARCHIVE, help="SQLite archive (for ids)"),
-    name: str = typer.Option(None, help="name of the exported function (default: the objective's)"),
     out: str = typer.Option(None, "--out", "-o", help="write to this file instead of printing"),
 ):
     """Export an objective as standalone PyTorch / JAX code, LaTeX or sympy."""
     from grammar.export import export as export_objective
 
-    objective = _resolve_objective(target, archive)
-    if name:
-        objective = objective.replace(name=name)
-    text = export_objective(objective, format)
+    text = export_objective(_resolve_objective(target, archive), format)
     if out:
         tmp = out + ".tmp"
         with open(tmp, "w") as f:
@@ -387,7 +359,7 @@ def _resolve_objective(target: str, archive: str):
     return Objective.free("custom_loss", target)
 
 
-from discovery.cli_archive import archive_app  # noqa: E402  (the sub-app uses this module's console)
+from discovery.cli_archive import archive_app  # noqa: E402
 
 app.add_typer(archive_app, name="archive")
 

@@ -8,21 +8,18 @@
 """
 from __future__ import annotations
 
-import functools
 import math
 import os
 from collections import defaultdict
 
 import typer
-from rich.console import Console
-from rich.markup import escape
 from rich.table import Table
 from rich.tree import Tree
 
+from discovery.ui import console, user_errors
+
 archive_app = typer.Typer(help="Browse the archive of discovered losses.", no_args_is_help=True)
 
-console = Console()
-err_console = Console(stderr=True)
 
 ArchiveOpt = typer.Option("runs/archive.db", "--archive", help="archive file")
 RunOpt = typer.Option(None, "--run", help="run id (default: the latest run)")
@@ -35,25 +32,6 @@ SORTS = {"fitness": ("fitness", True), "fresh": ("fresh_fitness", True), "comple
 FORMULA_CHARS = 60
 LIST_FIXED_WIDTH = 82  # width of `list`'s columns other than the formula, borders included
 EXCERPT_CHARS = 1200
-
-
-def archive_errors(fn):
-    """Errors a user can cause (missing or damaged archive, unknown id, bad option) -> one red line, exit 2."""
-
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        from archive.store import ArchiveError
-
-        try:
-            return fn(*args, **kwargs)
-        except (ArchiveError, OSError, ValueError) as e:
-            message = str(e)
-        except KeyError as e:  # str(KeyError) adds quotes
-            message = str(e.args[0]) if e.args else "unknown key"
-        err_console.print(f"[red]error:[/red] {escape(message)}", highlight=False, soft_wrap=True)
-        raise typer.Exit(2)
-
-    return wrapper
 
 
 # ------------------------------------------------------------------------------------------ helpers
@@ -136,7 +114,7 @@ def _summary(store, run: dict, specs) -> str:
 
 # ---------------------------------------------------------------------------------------------- list
 @archive_app.command("list")
-@archive_errors
+@user_errors
 def list_candidates(
     archive: str = ArchiveOpt, run: int = RunOpt,
     sort: str = typer.Option("fitness", "--sort", help="fitness, fresh, complexity, id or generation"),
@@ -232,7 +210,7 @@ def _lineage_table(store, candidate_id: int) -> Table:
 
 
 @archive_app.command("show")
-@archive_errors
+@user_errors
 def show(candidate_id: int = typer.Argument(..., help="candidate id"), archive: str = ArchiveOpt,
          run: int = typer.Option(None, "--run", help="compare with this run's baselines (default: the "
                                                      "candidate's own run)"),
@@ -300,7 +278,7 @@ def _print_exchange(x: dict) -> None:
 
 # ----------------------------------------------------------------------------------------------- map
 @archive_app.command("map")
-@archive_errors
+@user_errors
 def map_(archive: str = ArchiveOpt, run: int = RunOpt, plots: str = PlotsOpt, descriptors: str = DescriptorsOpt):
     """The quality-diversity grid as a table, plus heat-map and fitness-over-time PNGs."""
     from archive.plots import plot_fitness_over_time, plot_heatmap
@@ -349,7 +327,7 @@ def map_(archive: str = ArchiveOpt, run: int = RunOpt, plots: str = PlotsOpt, de
 
 # ------------------------------------------------------------------------------------------- lineage
 @archive_app.command("lineage")
-@archive_errors
+@user_errors
 def lineage(candidate_id: int = typer.Argument(..., help="candidate id"), archive: str = ArchiveOpt):
     """The ancestry tree of a candidate: origin, generation, fitness and formula of each ancestor."""
     with _open(archive) as store:

@@ -17,7 +17,7 @@ import sympy
 
 from grammar.canonical import complexity
 from grammar.language import (
-    CONSTANT_SYMBOLS, CONSTANTS_BY_NAME, OPERATORS, PART_NAMES, SYMBOLS, GrammarError, PhiInv, check_tree,
+    CONSTANTS_BY_NAME, OPERATORS, PART_NAMES, SYMBOLS, GrammarError, PhiInv, check_tree,
 )
 from grammar.objective import MPO_PARTS, Objective
 from grammar.parser import parse, to_text

@@ -19,7 +19,6 @@ import numpy as np
 
 from evaluators.datasets import DatasetConfig, build
 from evaluators.po_trainer import TrainConfig, train_population
-from evaluators.policy import stack as stack_policies
 from evaluators.reference import reference_policy
 from evaluators.scoring import mean_ci95, normalise, episode_returns
 from evaluators.tasks import get_task

@@ -71,3 +71,56 @@ def test_policies_show():
     result = run("policies", "show", "--task", "hopper")
     assert result.exit_code == 0, result.output
     assert "expert" in result.output and "R_expert" in result.output
+
+
+def _exported_function(source: str, name: str):
+    namespace = {}
+    exec(compile(source, "<export>", "exec"), namespace)  # our own exporter's output, not model text
+    return namespace[name]
+
+
+def test_export_a_zoo_objective_as_torch_and_run_it(tmp_path):
+    torch = pytest.importorskip("torch", reason="the torch extra is not installed")
+    out = tmp_path / "dpo_loss.py"
+    result = run("export", "dpo", "--format", "torch", "--out", str(out))
+    assert result.exit_code == 0, result.output
+    source = out.read_text()
+    assert "import torch" in source and "discovery" not in source and "grammar" not in source
+    fn = _exported_function(source, "loss")
+    logp_w = torch.tensor([-10.0, -5.0], dtype=torch.float64, requires_grad=True)
+    loss = fn(logp_w, torch.tensor([-12.0, -4.0], dtype=torch.float64), torch.tensor([-11.0, -6.0], dtype=torch.float64),
+              torch.tensor([-11.0, -6.0], dtype=torch.float64), torch.tensor([5.0, 5.0]), torch.tensor([5.0, 5.0]), 0.5)
+    loss.sum().backward()
+    assert torch.isfinite(loss).all() and (logp_w.grad < 0).all(), "DPO pushes the chosen log-likelihood up"
+
+
+def test_export_an_expression_and_an_archive_entry(tmp_path):
+    from archive.store import ArchiveStore
+    from grammar.zoo import baseline
+
+    result = run("export", "softplus(-(logp_w - ref_w - logp_l + ref_l))", "--format", "latex")
+    assert result.exit_code == 0, result.output
+    assert "\\log" in result.output or "softplus" in result.output
+    path = tmp_path / "archive.db"
+    with ArchiveStore(str(path)) as store:
+        run_id = store.create_run({}, 0, "test")
+        cid = store.add_candidate(run_id, objective=baseline("ipo").replace(name="found"), origin="gp:point",
+                                  generation=1, status="evaluated", fitness=50.0, ci95=1.0,
+                                  descriptors={"complexity": 1.0})
+    result = run("export", f"#{cid}", "--format", "sympy", "--archive", str(path))
+    assert result.exit_code == 0, result.output
+    assert "found" in result.output or "beta" in result.output
+
+
+@pytest.mark.parametrize("args,fragment", [
+    (["export", "dpo", "--format", "onnx"], "unknown export format"),
+    (["export", "#99", "--archive", "/nonexistent/archive.db"], "no archive"),
+])
+def test_export_errors_are_one_line(args, fragment):
+    assert_one_line_error(run(*args), fragment)
+
+
+def test_export_refuses_code_in_an_expression():
+    result = run("export", "__import__('os').system('true')")
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    assert result.output.startswith("error: only plain function names can be called")
