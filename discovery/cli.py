@@ -230,6 +230,7 @@ def run(
     llm_model: str = typer.Option(None, help="model name (default: the provider's default)"),
     llm_base_url: str = typer.Option(None, help="base URL of an OpenAI-compatible endpoint (vLLM, llama.cpp, Ollama)"),
     llm_max_calls: int = typer.Option(50, min=1, help="LLM call budget of the run"),
+    llm_replay: int = typer.Option(None, help="answer LLM calls from the exchanges stored by this run id (no API)"),
     es_strategy: str = typer.Option("cma", help="evosax strategy: cma, openes or snes"),
     descriptors: str = typer.Option("complexity,saturation",
                                     help="QD grid axes: name or name=low:high:bins, comma-separated"),
@@ -262,12 +263,14 @@ def run(
     max_evals, max_seconds = budget_evals or None, budget_minutes * 60 or None
     store = ArchiveStore(archive)
     status = ["preparing"]
+    replay = store.exchanges(llm_replay) if llm_replay is not None else None
 
     def on_event(msg: str):
         status[0] = msg
 
     if resume:
-        search = Search.resume(store, run_id, max_evaluations=max_evals, max_seconds=max_seconds, on_event=on_event)
+        search = Search.resume(store, run_id, max_evaluations=max_evals, max_seconds=max_seconds, on_event=on_event,
+                               llm_replay=replay)
         console.print(f"resuming run #{search.run_id} at generation {search.generation} "
                       f"({search.evaluations()} evaluations so far)")
     else:
@@ -283,7 +286,7 @@ def run(
                            weights={"gp": gp, "es": es, "llm": llm}, es=ESConfig(strategy=es_strategy),
                            llm=llm_cfg, descriptors=descriptors, baselines=tuple(baseline or ()), top_k=top_k,
                            fresh_seeds=fresh_seeds)
-        search = Search.start(store, cfg, on_event=on_event)
+        search = Search.start(store, cfg, on_event=on_event, llm_replay=replay)
         console.print(f"run #{search.run_id} in {archive}")
     if search.llm_note:
         console.print(f"[yellow]{search.llm_note}[/yellow]")

@@ -177,7 +177,8 @@ class Search:
     """One run of the search over an open `ArchiveStore`; create with `start` or `resume`."""
 
     def __init__(self, store: ArchiveStore, run_id: int, cfg: SearchConfig, *, cache: str | None = None,
-                 llm_client=None, llm_http_client=None, on_event: Callable[[str], None] | None = None):
+                 llm_client=None, llm_http_client=None, llm_replay: list[dict] | None = None,
+                 on_event: Callable[[str], None] | None = None):
         self.store, self.run_id, self.cfg = store, run_id, cfg
         self.on_event = on_event or (lambda msg: None)
         self.evaluator = FitnessEvaluator(cfg.fitness, cache, on_event=self.on_event)
@@ -187,9 +188,10 @@ class Search:
         self.llm_note = ""
         self.llm = None
         if cfg.weights.get("llm", 0) > 0:
-            ok, why = llm_available(cfg.llm) if llm_client is None and llm_http_client is None else (True, "")
+            given = llm_client is not None or llm_http_client is not None or llm_replay is not None
+            ok, why = (True, "") if given else llm_available(cfg.llm)
             if ok:
-                self.llm = LLMProposer(cfg.llm, client=llm_client, http_client=llm_http_client)
+                self.llm = LLMProposer(cfg.llm, client=llm_client, http_client=llm_http_client, replay=llm_replay)
                 self.llm.restore_budget(store.exchanges(run_id))  # calls and tokens spent before a resume
             else:
                 self.llm_note = f"LLM proposer off: {why}"

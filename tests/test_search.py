@@ -230,6 +230,13 @@ def test_llm_answers_become_candidates_with_their_exchange(cache, tmp_path):
     rejected = search.store.get_state(search.run_id, "llm_rejections")
     assert any("__import__" in r for r in rejected)
 
+    # the stored exchanges replay the run without any endpoint
+    replayed = Search.start(ArchiveStore(str(tmp_path / "replay.db")), search.cfg,
+                            llm_replay=search.store.exchanges(search.run_id))
+    replayed.step()
+    replayed.step()
+    assert _trace(replayed.store, replayed.run_id) == _trace(search.store, search.run_id)
+
 
 def test_a_dead_llm_endpoint_degrades_to_gp_and_is_recorded(cache, tmp_path):
     def handler(request):
