@@ -23,6 +23,8 @@ from evaluators.tasks import Task
 LEVELS = ("random", "low", "medium", "expert")
 LEVEL_FRACTIONS = {"low": 0.25, "medium": 0.55}  # of the way from R_random to R_expert
 MEASURE_EPISODES = 20
+SELECTION_EPISODES = 4
+SHORTLIST = 6
 REFERENCE_EPISODES = 50
 SHIPPED_POLICIES = os.path.join(os.path.dirname(__file__), "policies")
 
@@ -66,18 +68,61 @@ def measure(task: Task, params: list[dict], episodes: int, seed: int, determinis
 
 
 def select_levels(task: Task, snapshots, seed: int) -> dict[str, object]:
-    """Pick the level snapshots from a PPO run: expert = best on re-measurement, others by fraction."""
+    """Pick the level snapshots from a PPO run.
+
+    expert: the best of the top three (by the training curve) re-measured deterministically.
+    low/medium: datasets are generated with sampled actions, so these are chosen on STOCHASTIC
+    returns, nearest to their fraction of the way from the random to the expert level: every snapshot
+    is screened with a few episodes, then the SHORTLIST nearest are re-measured with MEASURE_EPISODES
+    (returns of falling walkers are bimodal, so a few episodes can be far off) and the nearest kept.
+    """
     by_eval = sorted(snapshots, key=lambda s: s.eval_return, reverse=True)
     finalists = by_eval[:3]
     finalist_returns = measure(task, [s.params for s in finalists], MEASURE_EPISODES, seed, True).mean(1)
     expert = finalists[int(np.argmax(finalist_returns))]
-    random = snapshots[0]
-    r0, r1 = random.eval_return, float(finalist_returns.max())
-    chosen = {"random": random, "expert": expert}
+    screen = measure(task, [s.params for s in snapshots], SELECTION_EPISODES, seed + 30, False).mean(1)
+    expert_index = next(i for i, s in enumerate(snapshots) if s is expert)
+    r0 = screen[0]
+    r1 = measure(task, [expert.params], MEASURE_EPISODES, seed + 40, False).mean()
+    chosen = {"random": snapshots[0], "expert": expert}
     for level, frac in LEVEL_FRACTIONS.items():
         target = r0 + frac * (r1 - r0)
-        chosen[level] = min(snapshots[1:], key=lambda s: abs(s.eval_return - target))
+        others = [j for j in range(1, len(snapshots)) if j != expert_index]
+        shortlist = sorted(others, key=lambda j: abs(screen[j] - target))[:SHORTLIST]
+        measured = measure(task, [snapshots[j].params for j in shortlist], MEASURE_EPISODES, seed + 50, False).mean(1)
+        chosen[level] = snapshots[shortlist[int(np.argmin(np.abs(measured - target)))]]
     return chosen
+
+
+def save_snapshots(task: Task, result, seed: int, directory: str) -> str:
+    """Every PPO snapshot (not shipped) so levels can be re-selected without retraining."""
+    from safetensors.numpy import save_file
+
+    os.makedirs(directory, exist_ok=True)
+    arrays = {f"{i}/{k}": np.ascontiguousarray(v, np.float32)
+              for i, snap in enumerate(result.snapshots) for k, v in snap.params.items()}
+    meta = [[snap.step, snap.eval_return] for snap in result.snapshots]
+    path = os.path.join(directory, f"{task.name}-seed{seed}-snapshots.safetensors")
+    save_file(arrays, path, metadata={"meta": json.dumps({"snapshots": meta, "curve": result.curve})})
+    return path
+
+
+def load_snapshots(path: str):
+    from safetensors import safe_open
+    from safetensors.numpy import load_file
+
+    from evaluators.ppo import PPOResult, Snapshot
+
+    with safe_open(path, "np") as f:
+        meta = json.loads(f.metadata()["meta"])
+    arrays = load_file(path)
+    result = PPOResult()
+    for i, (step, ret) in enumerate(meta["snapshots"]):
+        prefix = f"{i}/"
+        params = {k[len(prefix):]: v for k, v in arrays.items() if k.startswith(prefix)}
+        result.snapshots.append(Snapshot(int(step), float(ret), params))
+    result.curve = [tuple(c) for c in meta["curve"]]
+    return result
 
 
 def write_behaviour(task: Task, chosen: dict, curve, trainer: dict, seed: int, root: str | None = None) -> dict:
@@ -144,11 +189,22 @@ def _plot_curve(task: Task, manifest: dict, path: str) -> None:
 
 
 def train_behaviour(task: Task, total_steps: int, seed: int = 0, root: str | None = None,
-                    on_progress=None) -> dict:
+                    on_progress=None, reselect: bool = False) -> dict:
+    """PPO, then level selection and the manifest. ``reselect``: reuse the saved snapshots of a run."""
     from evaluators.ppo import PPOConfig, train_ppo
 
+    from evaluators.datasets import cache_root
+
     cfg = PPOConfig(total_steps=total_steps)
-    result = train_ppo(task, cfg, seed, on_progress=on_progress)
+    snapshots_dir = os.path.join(cache_root(), "behaviour")
+    saved = os.path.join(snapshots_dir, f"{task.name}-seed{seed}-snapshots.safetensors")
+    if reselect:
+        if not os.path.exists(saved):
+            raise CheckpointError(f"no saved PPO snapshots at {saved}; train without --reselect first")
+        result = load_snapshots(saved)
+    else:
+        result = train_ppo(task, cfg, seed, on_progress=on_progress)
+        save_snapshots(task, result, seed, snapshots_dir)
     chosen = select_levels(task, result.snapshots, seed)
     trainer = {"algorithm": "ppo", **{k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(cfg).items()}}
     return write_behaviour(task, chosen, result.curve, trainer, seed, root)
