@@ -111,19 +111,22 @@ def _with_part(obj: Objective, part: str, expr: sympy.Expr, name: str) -> Object
     return obj.replace(name=name, **{part: expr})
 
 
-def subtree_mutation(obj, rng, cfg, name):
-    part = _pick_part(obj, rng)
-    expr = getattr(obj, part)
-    path = positions(expr)[rng.integers(len(positions(expr)))]
-    return _with_part(obj, part, replace_at(expr, path, random_tree(part, cfg.max_depth_new, rng)), name)
-
-
-def point_mutation(obj, rng, cfg, name):
+def _random_node(obj, rng):
+    """(part, its expression, path of a uniformly drawn node, that node)."""
     part = _pick_part(obj, rng)
     expr = getattr(obj, part)
     paths = positions(expr)
     path = paths[rng.integers(len(paths))]
-    node = node_at(expr, path)
+    return part, expr, path, node_at(expr, path)
+
+
+def subtree_mutation(obj, rng, cfg, name):
+    part, expr, path, _ = _random_node(obj, rng)
+    return _with_part(obj, part, replace_at(expr, path, random_tree(part, cfg.max_depth_new, rng)), name)
+
+
+def point_mutation(obj, rng, cfg, name):
+    part, expr, path, node = _random_node(obj, rng)
     if _is_operator_node(node) and len(node.args) in (1, 2):
         pool = UNARY if len(node.args) == 1 else BINARY
         new = pool[rng.integers(len(pool))].build(*node.args)
@@ -133,11 +136,7 @@ def point_mutation(obj, rng, cfg, name):
 
 
 def insertion(obj, rng, cfg, name):
-    part = _pick_part(obj, rng)
-    expr = getattr(obj, part)
-    paths = positions(expr)
-    path = paths[rng.integers(len(paths))]
-    node = node_at(expr, path)
+    part, expr, path, node = _random_node(obj, rng)
     if rng.random() < 0.5:
         new = UNARY[rng.integers(len(UNARY))].build(node)
     else:

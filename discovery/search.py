@@ -20,7 +20,6 @@ wherever the clock says).
 from __future__ import annotations
 
 import dataclasses
-import json
 import subprocess
 import time
 import typing
@@ -506,7 +505,3 @@ class Search:
             out.append(FreshRow(c["id"], c["objective"].name, c["objective"].short_text(200), c["origin"], c["fitness"],
                                 c["fresh_fitness"], c["fresh_ci95"]))
         return sorted(out, key=lambda r: -np.inf if r.fitness is None else -r.fitness)
-
-
-def config_json(cfg: SearchConfig) -> str:
-    return json.dumps(cfg.to_dict(), indent=1, sort_keys=True)
