@@ -4,9 +4,9 @@ Files live in ``evaluators/policies/<task>/``: one safetensors checkpoint per le
 ``manifest.json`` holding each level's measured return, the random/expert references used for
 normalisation (measured on the v5 tasks here, not D4RL's) and the training curve.
 
-References: R_random is the ``random`` level (the untrained network, actions ~ N(0, 1) clipped)
-acting stochastically; R_expert is the ``expert`` level acting deterministically (mean action),
-the mode in which trained policies are scored.
+References: R_random is the ``random`` level (the untrained network) and R_expert the ``expert``
+level, both acting deterministically (mean action), the mode in which every policy is scored, so 0
+on the normalised scale is what an untrained policy scores and 100 what the expert scores.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from dataclasses import asdict
 
 import numpy as np
 
+from evaluators.paths import cache_root
 from evaluators.policy import CheckpointError, load_policy, save_policy, stack
 from evaluators.tasks import Task
 
@@ -132,8 +133,7 @@ def write_behaviour(task: Task, chosen: dict, curve, trainer: dict, seed: int, r
     params = [chosen[level].params for level in LEVELS]
     stochastic = measure(task, params, MEASURE_EPISODES, seed + 10, deterministic=False)
     deterministic = measure(task, params, MEASURE_EPISODES, seed + 10, deterministic=True)
-    r_random = measure(task, [chosen["random"].params], REFERENCE_EPISODES, seed + 20, False).mean()
-    r_expert = measure(task, [chosen["expert"].params], REFERENCE_EPISODES, seed + 20, True).mean()
+    r_random, r_expert = _reference_pair(task, chosen["random"].params, chosen["expert"].params, seed)
     levels = {}
     for i, level in enumerate(LEVELS):
         save_policy(os.path.join(out, f"{level}.safetensors"), chosen[level].params,
@@ -154,7 +154,7 @@ def write_behaviour(task: Task, chosen: dict, curve, trainer: dict, seed: int, r
             "random_return": float(r_random),
             "expert_return": float(r_expert),
             "episodes": REFERENCE_EPISODES,
-            "note": "R_random: random level, stochastic; R_expert: expert level, deterministic",
+            "note": REFERENCE_NOTE,
         },
         "levels": levels,
         "trainer": {**trainer, "seed": seed},
@@ -165,6 +165,28 @@ def write_behaviour(task: Task, chosen: dict, curve, trainer: dict, seed: int, r
         json.dump(manifest, f, indent=1)
     os.replace(tmp, os.path.join(out, "manifest.json"))
     _plot_curve(task, manifest, os.path.join(out, "training_curve.png"))
+    return manifest
+
+
+REFERENCE_NOTE = "R_random: random level, R_expert: expert level, both deterministic (as every score)"
+
+
+def _reference_pair(task: Task, random_params: dict, expert_params: dict, seed: int) -> tuple[float, float]:
+    returns = measure(task, [random_params, expert_params], REFERENCE_EPISODES, seed + 20, deterministic=True)
+    return float(returns[0].mean()), float(returns[1].mean())
+
+
+def remeasure_references(task: Task, root: str | None = None) -> dict:
+    """Measure R_random and R_expert again (deterministic) and rewrite them in the manifest."""
+    manifest = load_manifest(task, root)
+    seed = int(manifest.get("trainer", {}).get("seed", 0))
+    r_random, r_expert = _reference_pair(task, load_level(task, "random", root), load_level(task, "expert", root), seed)
+    manifest["reference"].update(random_return=r_random, expert_return=r_expert, episodes=REFERENCE_EPISODES,
+                                 note=REFERENCE_NOTE)
+    path = os.path.join(policy_dir(task, root), "manifest.json")
+    with open(path + ".tmp", "w") as f:
+        json.dump(manifest, f, indent=1)
+    os.replace(path + ".tmp", path)
     return manifest
 
 
@@ -192,8 +214,6 @@ def train_behaviour(task: Task, total_steps: int, seed: int = 0, root: str | Non
                     on_progress=None, reselect: bool = False) -> dict:
     """PPO, then level selection and the manifest. ``reselect``: reuse the saved snapshots of a run."""
     from evaluators.ppo import PPOConfig, train_ppo
-
-    from evaluators.datasets import cache_root
 
     cfg = PPOConfig(total_steps=total_steps)
     snapshots_dir = os.path.join(cache_root(), "behaviour")

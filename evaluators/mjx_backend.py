@@ -39,6 +39,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from evaluators.errors import SuiteError
+from evaluators.paths import cache_root
 from evaluators.native import Rollout
 from evaluators.policy import ACTION_LIMIT, n_layers, policy_mean
 from evaluators.tasks import MAX_EPISODE_STEPS, Task
@@ -110,7 +111,6 @@ def _mjx():
 
 def persistent_cache_dir() -> str:
     """Where compiled rollouts persist: the user's JAX setting, else ``<cache root>/jax``."""
-    from evaluators.datasets import cache_root
 
     return jax.config.jax_compilation_cache_dir or os.path.join(cache_root(), "jax")
 

@@ -6,6 +6,8 @@ with a leading candidate axis, e.g. the grammar's postfix programs, and ``consta
 constants), evaluated by ``loss_kernel(program, variables, constants) -> per-pair loss``
 (``grammar.kernel.interpret``). The trainer is
 compiled once per (dataset shape, population shape, config) and new objectives never recompile it.
+The learning rate is data too (one per constant vector), so a grid over learning rate x constants
+trains in one call.
 
 Per step each member samples a minibatch of pairs, computes the policy's sequence log-likelihood
 sums and per-step means for chosen (w) and rejected (l) segments, feeds them with the fixed reference
@@ -15,7 +17,7 @@ whose loss or gradient turns non-finite stops there (its parameters freeze) and 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Callable
 
 import jax
@@ -38,7 +40,7 @@ CURVE_KEYS = ("loss", "margin", "chosen_logratio", "rejected_logratio")
 class TrainConfig:
     steps: int = 200
     batch_pairs: int = 32
-    lr: float = 3e-4
+    lr: float = 3e-4  # the default; ``train_population(learning_rates=...)`` sets one per member
     max_grad_norm: float = 10.0
     curve_points: int = 20
     train_log_std: bool = True
@@ -83,13 +85,15 @@ def build_trainer(loss_kernel: Callable, cfg: TrainConfig, soft_labels: bool):
     """The jitted population trainer ``train(ref_params, data, ref_logps, programs, constants, seeds)``."""
     n_curve = max(1, min(cfg.curve_points, cfg.steps))
     every = max(1, cfg.steps // n_curve)
-    opt = optax.chain(optax.clip_by_global_norm(cfg.max_grad_norm), optax.adam(cfg.lr))
+    # Adam without its learning rate, which each member applies itself: optax.adam(lr) is exactly this
+    # chain followed by a scale of -lr.
+    opt = optax.chain(optax.clip_by_global_norm(cfg.max_grad_norm), optax.scale_by_adam())
 
     def trainable(params):
         keys = [k for k in params if k not in ("obs_mean", "obs_std") and (cfg.train_log_std or k != "log_std")]
         return {k: params[k] for k in keys}
 
-    def train_one(ref_params, data, ref_logps, program, constants, seed):
+    def train_one(ref_params, data, ref_logps, program, constants, lr, seed):
         frozen = {k: v for k, v in ref_params.items() if k not in trainable(ref_params)}
         n_pairs = data["pref"].shape[0]
 
@@ -115,6 +119,7 @@ def build_trainer(loss_kernel: Callable, cfg: TrainConfig, soft_labels: bool):
             t = i.astype(jnp.float32) / cfg.steps
             (loss, stats), grads = jax.value_and_grad(pair_losses, has_aux=True)(theta, idx, t)
             updates, new_opt_state = opt.update(grads, opt_state, theta)
+            updates = jax.tree.map(lambda u: -lr * u, updates)
             new_theta = optax.apply_updates(theta, updates)
             finite = lambda tree: jnp.all(jnp.array([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]))
             bad = jnp.where(~jnp.isfinite(loss), NONFINITE_LOSS,
@@ -136,10 +141,10 @@ def build_trainer(loss_kernel: Callable, cfg: TrainConfig, soft_labels: bool):
         curves = {k: records[k][every - 1 :: every][:n_curve] for k in CURVE_KEYS}
         return {**frozen, **theta}, curves, stopped_at, reason
 
-    # candidates x seeds x constant vectors; programs/constants vary with the candidate axis.
-    over_vectors = jax.vmap(train_one, in_axes=(None, None, None, None, 0, None))
-    over_seeds = jax.vmap(over_vectors, in_axes=(None, None, None, None, None, 0))
-    over_candidates = jax.vmap(over_seeds, in_axes=(None, None, None, 0, 0, None))
+    # candidates x seeds x constant vectors; programs/constants/learning rates vary with the candidate axis.
+    over_vectors = jax.vmap(train_one, in_axes=(None, None, None, None, 0, 0, None))
+    over_seeds = jax.vmap(over_vectors, in_axes=(None, None, None, None, None, None, 0))
+    over_candidates = jax.vmap(over_seeds, in_axes=(None, None, None, 0, 0, 0, None))
     return jax.jit(over_candidates), every * np.arange(1, n_curve + 1)
 
 
@@ -155,22 +160,52 @@ _TRAINERS: dict = {}
 
 
 def train_population(loss_kernel: Callable, ds: PreferenceDataset, ref_params: dict, programs, constants,
-                     seeds, cfg: TrainConfig = TrainConfig()) -> TrainResult:
+                     seeds, cfg: TrainConfig = TrainConfig(), learning_rates=None) -> TrainResult:
     """Train every (candidate, seed, constant vector) from pi_ref; one compiled call.
 
     ``programs``: pytree, leading axis C. ``constants``: (C, V, K) free-constant vectors per candidate.
+    ``learning_rates``: (C, V), one per constant vector (default ``cfg.lr`` for all).
     ``seeds``: (S,) ints. The compiled trainer is cached per (kernel, config, soft labels) and JAX
     reuses it for every population of the same shapes.
     """
     data = {k: jnp.asarray(v) for k, v in dataset_arrays(ds).items()}
     soft = bool(np.any(ds["pref"] != 1.0))
-    key = (loss_kernel, cfg, soft)
+    key = (loss_kernel, replace(cfg, lr=0.0), soft)  # the learning rate is data: no recompilation
     if key not in _TRAINERS:
         _TRAINERS[key] = build_trainer(loss_kernel, cfg, soft)
     trainer, curve_steps = _TRAINERS[key]
     ref = jax.tree.map(jnp.asarray, ref_params)
-    params, curves, stopped_at, reason = trainer(ref, data, reference_logps(ref, data), programs,
-                                                 jnp.asarray(constants, jnp.float32),
+    constants = jnp.asarray(constants, jnp.float32)
+    lrs = jnp.full(constants.shape[:2], cfg.lr, jnp.float32) if learning_rates is None else \
+        jnp.broadcast_to(jnp.asarray(learning_rates, jnp.float32), constants.shape[:2])
+    params, curves, stopped_at, reason = trainer(ref, data, reference_logps(ref, data), programs, constants, lrs,
                                                  jnp.asarray(seeds, jnp.uint32))
     to_np = lambda tree: jax.tree.map(np.asarray, tree)
     return TrainResult(to_np(params), to_np(curves), curve_steps, np.asarray(stopped_at), np.asarray(reason))
+
+
+@jax.jit
+def _implicit_reward_order(policies, ref, data):
+    """Per policy and pair: 1 if log pi/pi_ref ranks the chosen segment above the rejected, 0.5 on ties."""
+    ref_w = sequence_logp(ref, data["obs_w"], data["act_w"], data["mask_w"])
+    ref_l = sequence_logp(ref, data["obs_l"], data["act_l"], data["mask_l"])
+
+    def one(policy):
+        h_w = sequence_logp(policy, data["obs_w"], data["act_w"], data["mask_w"]) - ref_w
+        h_l = sequence_logp(policy, data["obs_l"], data["act_l"], data["mask_l"]) - ref_l
+        return jnp.where(h_w > h_l, 1.0, jnp.where(h_w == h_l, 0.5, 0.0))
+
+    return jax.lax.map(one, policies)
+
+
+def ranking_accuracy(policies: dict, ref_params: dict, ds: PreferenceDataset) -> np.ndarray:
+    """How often each policy's implicit reward log pi - log pi_ref ranks the chosen segment first.
+
+    ``policies``: a batch (leading axis P); ``ds``: held-out pairs (weighted by their soft labels).
+    Chen et al. 2024, "Preference Learning Algorithms Do Not Learn Preference Rankings".
+    """
+    data = {k: jnp.asarray(v) for k, v in dataset_arrays(ds).items()}
+    order = np.asarray(_implicit_reward_order(jax.tree.map(jnp.asarray, policies),
+                                              jax.tree.map(jnp.asarray, ref_params), data))
+    pref = ds["pref"].astype(np.float64)
+    return (order * pref + (1.0 - order) * (1.0 - pref)).mean(-1)

@@ -1,8 +1,13 @@
 """The reference policy pi_ref: behaviour cloning on a preference dataset, as SFT is for LLMs.
 
-A Gaussian MLP (state-independent std) fitted by maximum likelihood to the chosen segments' (s, a)
-pairs (or both sides), with observation statistics of the data baked in. Cached next to the
-datasets, keyed by the dataset's content hash and the BC settings.
+A Gaussian MLP (state-independent std) fitted by maximum likelihood to the (s, a) pairs of a source,
+with observation statistics of the data baked in:
+- ``both``   every segment, chosen and rejected: pi_ref, the model "before alignment" that saw every
+             kind of behaviour in the data (the default);
+- ``chosen`` the chosen segments only (SFT on y_w);
+- ``best``   the segments of the best behaviour level in the data, whatever their labels: the oracle,
+             the ceiling a loss could reach by filtering the data perfectly.
+Cached next to the datasets, keyed by the dataset's content hash and the BC settings.
 """
 
 from __future__ import annotations
@@ -17,13 +22,17 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from evaluators.datasets import DatasetError, PreferenceDataset, cache_root
+from evaluators.datasets import ALL_LEVELS, DatasetError, PreferenceDataset
+from evaluators.paths import cache_root
 from evaluators.policy import CheckpointError, gaussian_log_prob, init_policy, load_policy, policy_mean, save_policy
+
+
+SOURCES = ("both", "chosen", "best")
 
 
 @dataclass(frozen=True)
 class BCConfig:
-    source: str = "chosen"  # "chosen" or "both"
+    source: str = "both"  # one of SOURCES
     hidden: tuple[int, ...] = (64, 64)
     steps: int = 3000
     batch_size: int = 512
@@ -31,18 +40,28 @@ class BCConfig:
     seed: int = 0
 
     def validate(self):
-        if self.source not in ("chosen", "both"):
-            raise DatasetError(f"BC source must be 'chosen' or 'both', got {self.source!r}")
+        if self.source not in SOURCES:
+            raise DatasetError(f"BC source must be one of {', '.join(SOURCES)}, got {self.source!r}")
         if self.steps < 1 or self.batch_size < 1:
             raise DatasetError("BC steps and batch size must be positive")
 
 
-def transitions(ds: PreferenceDataset, source: str = "chosen"):
-    """Valid (observation, action) pairs of the chosen (or both) segments."""
+def transitions(ds: PreferenceDataset, source: str = "both"):
+    """Valid (observation, action) pairs of the segments that ``source`` names (see the module note)."""
     sides = ("w",) if source == "chosen" else ("w", "l")
-    obs = [ds[f"obs_{s}"][ds.mask(s) > 0] for s in sides]
-    act = [ds[f"act_{s}"][ds.mask(s) > 0] for s in sides]
+    best = max(int(ds["level_w"].max()), int(ds["level_l"].max()))
+    obs, act = [], []
+    for s in sides:
+        valid = ds.mask(s) > 0
+        if source == "best":
+            valid &= (ds[f"level_{s}"] == best)[:, None]
+        obs.append(ds[f"obs_{s}"][valid])
+        act.append(ds[f"act_{s}"][valid])
     return np.concatenate(obs), np.concatenate(act)
+
+
+def best_level(ds: PreferenceDataset) -> str:
+    return ALL_LEVELS[max(int(ds["level_w"].max()), int(ds["level_l"].max()))]
 
 
 def behaviour_clone(obs: np.ndarray, act: np.ndarray, cfg: BCConfig) -> tuple[dict, list[float]]:

@@ -105,6 +105,11 @@ def _entries() -> tuple[Baseline, ...]:
                  "(pairwise EXO; eps >= 1e-3 as in TRL)", "2402.00856",
                  "sigma(beta Delta)[log sigma(beta Delta) - log(1 - eps)] + "
                  "sigma(-beta Delta)[log sigma(-beta Delta) - log eps]"),
+        Baseline(free("cpl", "-logsigmoid(beta*(logp_w - lam*logp_l))", constants={"beta": 0.1, "lam": 0.5}),
+                 "Hejna et al. 2023, Contrastive Preference Learning: Learning from Human Feedback without "
+                 "RL (biased BCE over alpha * sum log pi with conservative bias lam < 1, no reference, "
+                 "undiscounted segments; alpha is beta here)", "2310.13639",
+                 "l(beta (log pi(y_w) - lam log pi(y_l)))"),
         Baseline(mpo("ta_mpo", g="t*(-logsigmoid(z))", imitation="1 - t"),
                  "Alfano et al. 2024, Meta-Learning Objectives for Preference Optimization (temporally "
                  "aware MPO: imitation first, preference optimisation later; linear schedule)", "2411.06568",

@@ -56,6 +56,8 @@ def reference(name, v, c):
     if name == "discopop":
         s = sigma(b * delta / c["tau"])
         return (1 - s) * ell(b * delta) + s * np.exp(-b * delta)
+    if name == "cpl":
+        return ell(b * (lw - c["lam"] * ll))
     if name == "nca_pair":
         return ell(b * hw) + 0.5 * ell(-b * hw) + 0.5 * ell(-b * hl)
     if name == "bco_pair":
@@ -80,7 +82,7 @@ PUBLISHED_CONSTANTS = {
     "cpo": {"beta": 0.1, "eps": 0.0, "lam": 1.0}, "discopop": {"beta": 0.1, "tau": 0.05},
     "nca_pair": {"beta": 0.1}, "bco_pair": {"beta": 0.1, "delta": 0.0}, "apo_zero": {"beta": 0.1},
     "apo_down": {"beta": 0.1}, "sppo_hard": {"beta": 0.1}, "exo_pair": {"beta": 0.1, "eps": 1e-3},
-    "ta_mpo": {"beta": 0.1}, "sft": {},
+    "ta_mpo": {"beta": 0.1}, "sft": {}, "cpl": {"beta": 0.1, "lam": 0.5},
 }
 
 
