@@ -1,10 +1,10 @@
-"""``discover bench``: objectives x dataset variants x tasks -> normalised scores with 95% CIs.
+"""``discover bench``: zoo objectives, default and tuned, x dataset variants x tasks, with floor and ceiling.
 
-For each (task, variant) the dataset and pi_ref are built (cached), all objectives x seeds train in ONE
-population call, and all trained policies are scored in ONE batched rollout on the same start states
-(common random numbers, so objectives differ by what they learned, not by episode luck). A score's
-CI is a Student-t interval over training seeds (each seed's score averaged over episodes); pi_ref's is
-over episodes.
+Every (task, variant) is scored with the suite's protocol (``evaluators.protocol``) on the TEST dataset
+seed: each objective at its default setting and at its tuned setting (``evaluators.suite.tune``, on the
+validation seed), beside pi_ref (the floor) and the oracle (the ceiling). Scores are mean ± 95% CI
+over the (pi_ref seed, training seed) units; "- pi_ref" is the paired difference. Every row also
+carries the held-out ranking accuracy of its implicit reward.
 """
 
 from __future__ import annotations
@@ -13,35 +13,28 @@ import csv
 import json
 import os
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 
-import numpy as np
-
-from evaluators.datasets import DatasetConfig, build
-from evaluators.po_trainer import TrainConfig, train_population
-from evaluators.reference import reference_policy
-from evaluators.scoring import mean_ci95, normalise, episode_returns
-from evaluators.tasks import get_task
-
-EVAL_SEED = 10_000  # start states for scoring, disjoint from dataset and training seeds
+from evaluators.protocol import FRESH, TEST_DATA_SEED, Combo, Protocol, score_settings
+from evaluators.suite import DEFAULT_TASKS, DEFAULT_VARIANTS, REPORTED_LOSSES, default_setting, task_suite, \
+    tune, tuned_setting
+from grammar.zoo import ZOO, baseline
 
 
 @dataclass(frozen=True)
 class BenchPreset:
     tasks: tuple[str, ...]
     variants: tuple[str, ...]
-    seeds: int
-    episodes: int
-    dataset: DatasetConfig = DatasetConfig()
-    train: TrainConfig = TrainConfig()
+    protocol: Protocol
+    objectives: tuple[str, ...] | None = None  # None: the whole zoo
+    tuned: bool = True
 
 
 PRESETS = {
-    "quick": BenchPreset(tasks=("hopper",), variants=("clean", "noisy:0.2"), seeds=5, episodes=3,
-                         dataset=DatasetConfig(n_pairs=512), train=TrainConfig(steps=100)),
-    "full": BenchPreset(tasks=("hopper", "walker2d", "halfcheetah", "ant"),
-                        variants=("clean", "noisy:0.2", "noisy:0.4", "mixed"), seeds=5, episodes=10,
-                        dataset=DatasetConfig(n_pairs=2048), train=TrainConfig(steps=300)),
+    "quick": BenchPreset(tasks=DEFAULT_TASKS, variants=("clean",),
+                         protocol=Protocol((0, 1, 2), (1_000,), 3, FRESH.eval_seed),
+                         objectives=REPORTED_LOSSES),
+    "full": BenchPreset(tasks=DEFAULT_TASKS, variants=DEFAULT_VARIANTS, protocol=FRESH),
 }
 
 
@@ -50,9 +43,12 @@ class BenchRow:
     task: str
     variant: str
     objective: str
+    setting: str  # "default", "tuned", or "" for pi_ref / oracle
     mean: float
     ci95: float
-    seed_scores: list[float]
+    unit_scores: list[float]
+    ranking_accuracy: float
+    minus_pi_ref: tuple[float, float] | None
     notes: str = ""
 
 
@@ -62,112 +58,76 @@ class BenchResult:
     rows: list[BenchRow] = field(default_factory=list)
     seconds: float = 0.0
 
-    def cell(self, task, variant, objective) -> BenchRow | None:
-        for r in self.rows:
-            if (r.task, r.variant, r.objective) == (task, variant, objective):
-                return r
-        return None
+    def cell(self, task, variant, name) -> BenchRow | None:
+        return next((r for r in self.rows if (r.task, r.variant, row_name(r)) == (task, variant, name)), None)
 
 
-def run_bench(objectives: dict, preset: BenchPreset, data_seed: int = 0, cache: str | None = None,
-              on_progress=None) -> BenchResult:
-    """Train and score every objective on every (task, variant) of ``preset``.
+def row_name(row: BenchRow) -> str:
+    return row.objective if not row.setting else f"{row.objective} ({row.setting})"
 
-    ``objectives``: name -> grammar ``Objective``. ``on_progress(message)`` is told what runs next.
-    """
-    from grammar.kernel import constant_vector, encode, interpret, stack as stack_programs
 
-    names = list(objectives)
-    programs = stack_programs([encode(objectives[n]) for n in names])
-    constants = np.stack([constant_vector(objectives[n]) for n in names])[:, None, :]
-    seeds = np.arange(preset.seeds)
-    result = BenchResult(preset=_preset_dict(preset))
+def run_bench(preset: BenchPreset, cache: str | None = None, on_progress=None) -> BenchResult:
+    names = preset.objectives or tuple(ZOO)
+    result = BenchResult(preset=json.loads(json.dumps(asdict(preset), default=list)))
     start = time.perf_counter()
-    for task_name in preset.tasks:
-        task = get_task(task_name)
+    for task in preset.tasks:
+        suite = task_suite(task)
         for variant in preset.variants:
+            settings = [default_setting(n, baseline(n), suite.train) for n in names]
+            tuned = {}
+            if preset.tuned:
+                tuned = tune(task, variant, names, cache, on_event=on_progress)
+                settings += [tuned_setting(n, tuned[n]) for n in names if n in tuned]
+            combo = Combo(task, variant, TEST_DATA_SEED, suite.dataset, preset.protocol, suite.reference, cache,
+                          on_progress)
             if on_progress:
-                on_progress(f"{task_name} {variant}: dataset and pi_ref")
-            ds = build(task, variant, data_seed, preset.dataset, cache)
-            ref = reference_policy(ds)
-            if on_progress:
-                on_progress(f"{task_name} {variant}: training {len(names)} objectives x {len(seeds)} seeds")
-            trained = train_population(interpret, ds, ref, programs, constants, seeds, preset.train)
-            if on_progress:
-                on_progress(f"{task_name} {variant}: scoring {len(names) * len(seeds) + 1} policies")
-            flat = {k: v[:, :, 0].reshape((-1,) + v.shape[3:]) for k, v in trained.params.items()}
-            both = {k: np.concatenate([flat[k], ref[k][None]]) for k in flat}
-            returns = episode_returns(task, both, preset.episodes, EVAL_SEED)
-            scores = normalise(task, returns)
-            per_seed = scores[:-1].mean(-1).reshape(len(names), len(seeds))
-            reasons = trained.reasons()[:, :, 0]
-            for i, name in enumerate(names):
-                mean, ci = mean_ci95(per_seed[i])
-                stopped = [f"seed {s}: {r} at step {trained.stopped_at[i, s, 0]}"
-                           for s, r in enumerate(reasons[i]) if r]
-                result.rows.append(BenchRow(task_name, ds.variant, name, float(mean), float(ci),
-                                            per_seed[i].tolist(), "; ".join(stopped)))
-            ref_mean, ref_ci = mean_ci95(scores[-1])
-            result.rows.append(BenchRow(task_name, ds.variant, "pi_ref", float(ref_mean), float(ref_ci),
-                                        [float(ref_mean)], "behaviour cloning on chosen; CI over episodes"))
+                on_progress(f"{combo.name}: training and scoring {len(settings)} settings")
+            table = score_settings(combo, settings, suite.train)
+            for label in table.labels:
+                objective, _, setting = label.partition(" (")
+                setting = setting.rstrip(")") if setting else ("" if label in ("pi_ref", "oracle") else "default")
+                row = table.row(label)
+                notes = row["failure"]
+                if setting == "tuned":
+                    t = tuned[objective]
+                    notes = f"lr {t['lr']:g}, {t['steps']} steps" + "".join(
+                        f", {k} {v:g}" for k, v in t["constants"].items()) + (f"; {notes}" if notes else "")
+                result.rows.append(BenchRow(task, combo.variant.spec, objective, setting, row["mean"], row["ci95"],
+                                            row["unit_scores"], row["ranking_accuracy"],
+                                            None if label == "pi_ref" else table.paired(label, "pi_ref"), notes))
     result.seconds = time.perf_counter() - start
     return result
-
-
-def _preset_dict(preset: BenchPreset) -> dict:
-    d = asdict(preset)
-    return json.loads(json.dumps(d, default=list))
-
-
-def with_overrides(preset: BenchPreset, tasks=None, variants=None, seeds=None, episodes=None,
-                   steps=None, pairs=None) -> BenchPreset:
-    return replace(
-        preset,
-        tasks=tuple(tasks) if tasks else preset.tasks,
-        variants=tuple(variants) if variants else preset.variants,
-        seeds=seeds or preset.seeds,
-        episodes=episodes or preset.episodes,
-        train=replace(preset.train, steps=steps) if steps else preset.train,
-        dataset=replace(preset.dataset, n_pairs=pairs) if pairs else preset.dataset,
-    )
 
 
 # -- reports -------------------------------------------------------------------------------------
 
 def columns(result: BenchResult) -> list[tuple[str, str]]:
-    seen = []
-    for r in result.rows:
-        if (r.task, r.variant) not in seen:
-            seen.append((r.task, r.variant))
-    return seen
+    return list(dict.fromkeys((r.task, r.variant) for r in result.rows))
 
 
-def objective_names(result: BenchResult) -> list[str]:
-    names = []
-    for r in result.rows:
-        if r.objective not in names:
-            names.append(r.objective)
-    return names
+def row_names(result: BenchResult) -> list[str]:
+    names = list(dict.fromkeys(row_name(r) for r in result.rows))
+    return sorted(names, key=lambda n: (n not in ("pi_ref", "oracle"), n.split(" (")[0] if n != "oracle" else "", n))
 
 
 def format_cell(row: BenchRow | None) -> str:
     if row is None:
         return "-"
     text = f"{row.mean:.1f} ± {row.ci95:.1f}"
-    return text + " *" if row.notes and row.objective != "pi_ref" else text
+    return text + " *" if row.notes and not row.setting == "tuned" and row.objective not in ("pi_ref", "oracle") \
+        else text
 
 
 def to_markdown(result: BenchResult) -> str:
     cols = columns(result)
-    lines = ["| objective | " + " | ".join(f"{t} {v}" for t, v in cols) + " |",
-             "|---|" + "---|" * len(cols)]
-    for name in objective_names(result):
+    lines = ["| objective | " + " | ".join(f"{t} {v}" for t, v in cols) + " |", "|---|" + "---|" * len(cols)]
+    for name in row_names(result):
         lines.append(f"| {name} | " + " | ".join(format_cell(result.cell(t, v, name)) for t, v in cols) + " |")
-    lines.append("")
-    lines.append(f"Normalised score (100 = expert, 0 = random), mean ± 95% CI over {result.preset['seeds']} "
-                 f"training seeds ({result.preset['episodes']} episodes each); pi_ref's CI is over episodes. "
-                 f"`*`: some seed stopped early on a non-finite value (see the JSON). "
-                 f"Wall time {result.seconds:.0f} s.")
+    p = result.preset["protocol"]
+    lines += ["", f"Normalised score (100 = expert, 0 = untrained), mean ± 95% CI over {len(p['reference_seeds'])} "
+                  f"pi_ref seeds x {len(p['train_seeds'])} training seeds ({p['episodes']} episodes each), test dataset "
+                  f"seed; tuned settings chosen on the validation seed. `*`: some seed stopped early on a non-finite "
+                  f"value (see the JSON). Wall time {result.seconds:.0f} s."]
     return "\n".join(lines)
 
 
@@ -178,10 +138,13 @@ def write_reports(result: BenchResult, out_dir: str) -> dict[str, str]:
         f.write(to_markdown(result) + "\n")
     with open(paths["csv"], "w", newline="") as f:
         w = csv.writer(f)
-        w.writerow(["task", "variant", "objective", "mean", "ci95", "seed_scores", "notes"])
+        w.writerow(["task", "variant", "objective", "setting", "mean", "ci95", "ranking_accuracy", "minus_pi_ref",
+                    "minus_pi_ref_ci95", "unit_scores", "notes"])
         for r in result.rows:
-            w.writerow([r.task, r.variant, r.objective, f"{r.mean:.4f}", f"{r.ci95:.4f}",
-                        " ".join(f"{s:.4f}" for s in r.seed_scores), r.notes])
+            diff = r.minus_pi_ref or (float("nan"), float("nan"))
+            w.writerow([r.task, r.variant, r.objective, r.setting, f"{r.mean:.4f}", f"{r.ci95:.4f}",
+                        f"{r.ranking_accuracy:.4f}", f"{diff[0]:.4f}", f"{diff[1]:.4f}",
+                        " ".join(f"{s:.4f}" for s in r.unit_scores), r.notes])
     with open(paths["json"], "w") as f:
         json.dump({"preset": result.preset, "seconds": result.seconds, "rows": [asdict(r) for r in result.rows]},
                   f, indent=1)

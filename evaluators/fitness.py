@@ -1,62 +1,71 @@
-"""Fitness of objectives: train from pi_ref on each (task, dataset), score, average.
+"""Fitness of objectives for the search: the suite's one scoring function on the search's combos.
 
-A batch of objectives is trained in one population call per (task, dataset) and every trained policy
-is scored in one batched rollout. Two layouts keep compiled shapes fixed so a search never recompiles:
-``candidates`` (different structures, padded to ``batch`` candidates x 1 constant vector) and
-``constants`` (ONE structure x ``len(objectives)`` constant vectors, for evolution strategies).
+Each (task, dataset) of the fitness is a ``Combo`` of the suite (its task's dataset settings unless
+overridden). A batch of objectives is trained ``batch`` at a time (padded: fixed shapes, so a search
+never recompiles) from each pi_ref seed with each training seed, and scored in one batched rollout.
 
-Fitness = mean normalised score over (task, dataset) combos, training seeds and episodes; its CI is
-a Student-t interval over seeds (each seed's score averaged over combos and episodes).
+Search fitness uses the validation dataset seed and the search protocol; ``fresh`` re-evaluation
+uses the TEST dataset seed, new pi_ref and training seeds and new episodes (``evaluators.protocol``).
+Fitness = mean normalised score over (task, dataset) combos, units and episodes; its CI is a
+Student-t interval over units (each unit's score averaged over combos and episodes).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
-from evaluators.datasets import DatasetConfig, build, parse_variant
-from evaluators.po_trainer import STOP_REASONS, TrainConfig, train_population
-from evaluators.reference import BCConfig, reference_policy
-from evaluators.scoring import episode_returns, mean_ci95, normalise
-from evaluators.tasks import get_task
-
-SEARCH_EVAL_SEED = 10_000
-FRESH_EVAL_SEED = 20_000
-FRESH_TRAIN_SEED = 1_000
+from evaluators.datasets import DatasetConfig, parse_variant
+from evaluators.po_trainer import TrainConfig
+from evaluators.protocol import FRESH, SEARCH, TEST_DATA_SEED, VALIDATION_DATA_SEED, Combo, Protocol, Setting, \
+    score_settings
+from evaluators.reference import BCConfig
+from evaluators.scoring import BACKENDS, mean_ci95
+from evaluators.suite import task_suite
 
 
 @dataclass(frozen=True)
 class FitnessConfig:
-    tasks: tuple[str, ...] = ("hopper",)
+    tasks: tuple[str, ...] = ("halfcheetah",)
     datasets: tuple[str, ...] = ("noisy:0.2",)
-    seeds: int = 2
+    seeds: int = 2  # training seeds per pi_ref seed
     episodes: int = 2
-    dataset: DatasetConfig = DatasetConfig(n_pairs=1024)
-    train: TrainConfig = TrainConfig(steps=100)
-    reference: BCConfig = BCConfig()
+    reference_seeds: int = 1
+    dataset: DatasetConfig | None = None  # None: each task's suite dataset
+    train: TrainConfig = TrainConfig(steps=300, lr=1e-3)
+    reference: BCConfig | None = None  # None: each task's suite BC settings
     backend: str = "native"
     batch: int = 8  # candidates per population call (padded)
-    data_seed: int = 0
 
     def validate(self):
         for t in self.tasks:
-            get_task(t)
+            task_suite(t)
         for d in self.datasets:
             parse_variant(d)
-        self.dataset.validate()
-        self.reference.validate()
-        if self.backend not in ("native", "mjx"):
-            raise ValueError(f"unknown backend {self.backend!r}; use native or mjx")
-        if self.seeds < 1 or self.episodes < 1 or self.batch < 1:
-            raise ValueError("seeds, episodes and batch must be >= 1")
+        if self.dataset is not None:
+            self.dataset.validate()
+        if self.reference is not None:
+            self.reference.validate()
+        if self.backend not in BACKENDS:
+            raise ValueError(f"unknown backend {self.backend!r}; use {' or '.join(BACKENDS)}")
+        if self.seeds < 1 or self.episodes < 1 or self.batch < 1 or self.reference_seeds < 1:
+            raise ValueError("seeds, episodes, reference seeds and batch must be >= 1")
+
+    def protocol(self, fresh: bool, seeds: int | None = None) -> Protocol:
+        """Search: ``reference_seeds`` x ``seeds``. Fresh: ``seeds`` new pi_ref seeds x one new training seed."""
+        n = seeds or self.seeds
+        if fresh:
+            return replace(FRESH, reference_seeds=tuple(range(n)), episodes=max(self.episodes, FRESH.episodes))
+        return replace(SEARCH, reference_seeds=tuple(range(self.reference_seeds)), train_seeds=tuple(range(n)),
+                       episodes=self.episodes)
 
 
 @dataclass
 class Evaluation:
     fitness: float | None
     ci95: float | None
-    scores: list[dict] = field(default_factory=list)  # one per (task, dataset, seed)
+    scores: list[dict] = field(default_factory=list)  # one per (task, dataset, unit)
     failure: str = ""  # why training stopped, when it did
 
 
@@ -66,84 +75,48 @@ class FitnessEvaluator:
         self.cfg = cfg
         self.cache = cache
         self.on_event = on_event
-        self._combos = None
+        self._combos: dict[tuple[bool, int | None], list[Combo]] = {}
 
-    def combos(self):
-        """[(task, dataset, pi_ref)], built (or read from cache) on first use."""
-        if self._combos is None:
-            self._combos = []
-            for task_name in self.cfg.tasks:
-                task = get_task(task_name)
-                for variant in self.cfg.datasets:
-                    if self.on_event:
-                        self.on_event(f"preparing {task_name} {variant}: dataset and pi_ref")
-                    ds = build(task, variant, self.cfg.data_seed, self.cfg.dataset, self.cache)
-                    self._combos.append((task, ds, reference_policy(ds, self.cfg.reference)))
-        return self._combos
+    def combos(self, fresh: bool = False, seeds: int | None = None) -> list[Combo]:
+        """The prepared (task, dataset) combos, built (or read from cache) on first use."""
+        key = (fresh, seeds)
+        if key not in self._combos:
+            protocol = self.cfg.protocol(fresh, seeds)
+            self._combos[key] = [
+                Combo(t, d, TEST_DATA_SEED if fresh else VALIDATION_DATA_SEED,
+                      self.cfg.dataset or task_suite(t).dataset, protocol, self.cfg.reference or task_suite(t).reference,
+                      self.cache,
+                      on_event=self.on_event)
+                for t in self.cfg.tasks for d in self.cfg.datasets]
+        return self._combos[key]
 
-    def reference_scores(self, fresh: bool = False) -> dict[tuple[str, str], float]:
-        """pi_ref's normalised score per (task, dataset) on the search (or fresh) episodes."""
-        out = {}
-        for task, ds, ref in self.combos():
-            r = episode_returns(task, {k: v[None] for k, v in ref.items()}, self._episodes(fresh),
-                                FRESH_EVAL_SEED if fresh else SEARCH_EVAL_SEED, backend=self.cfg.backend)
-            out[(task.name, ds.variant)] = float(normalise(task, r).mean())
-        return out
-
-    def _episodes(self, fresh: bool) -> int:
-        return max(self.cfg.episodes, 5) if fresh else self.cfg.episodes
-
-    def evaluate(self, objectives: list, layout: str = "candidates", fresh: bool = False,
-                 seeds: int | None = None) -> list[Evaluation]:
-        """Fitness of each objective. ``fresh``: training seeds and episodes never used by the search."""
-        from grammar.kernel import constant_vector, encode, interpret, stack
-
+    def evaluate(self, objectives: list, fresh: bool = False, seeds: int | None = None) -> list[Evaluation]:
+        """Fitness of each objective. ``fresh``: a new dataset seed, training seeds and episodes."""
         n = len(objectives)
-        if layout == "candidates" and n > self.cfg.batch:  # fixed shapes: chunks of `batch`
-            return [e for i in range(0, n, self.cfg.batch)
-                    for e in self.evaluate(objectives[i:i + self.cfg.batch], layout, fresh, seeds)]
-        n_seeds = seeds or self.cfg.seeds
-        seed_list = np.arange(n_seeds) + (FRESH_TRAIN_SEED if fresh else 0)
-        if layout == "constants":
-            programs = stack([encode(objectives[0])])
-            constants = np.stack([constant_vector(o) for o in objectives])[None]
-        else:
-            padded = list(objectives) + [objectives[-1]] * (self.cfg.batch - n)
-            programs = stack([encode(o) for o in padded])
-            constants = np.stack([constant_vector(o) for o in padded])[:, None, :]
-        per_seed = np.zeros((n, n_seeds))
+        settings = [Setting(str(i), o, self.cfg.train.lr, self.cfg.train.steps) for i, o in enumerate(objectives)]
+        combos = self.combos(fresh, seeds)
+        per_unit = np.zeros((n, len(combos[0].protocol.units)))
         scores = [[] for _ in range(n)]
         failures = [""] * n
-        episodes = self._episodes(fresh)
-        for task, ds, ref in self.combos():
-            trained = train_population(interpret, ds, ref, programs, constants, seed_list, self.cfg.train)
-            params = trained.params
-            # -> (n, S, ...) in objective order
-            if layout == "constants":
-                params = {k: np.swapaxes(v[0], 0, 1) for k, v in params.items()}
-                stopped, reason = trained.stopped_at[0].T, trained.stop_reason[0].T
-            else:
-                params = {k: v[:n, :, 0] for k, v in params.items()}
-                stopped, reason = trained.stopped_at[:n, :, 0], trained.stop_reason[:n, :, 0]
-            flat = {k: v.reshape((n * n_seeds,) + v.shape[2:]) for k, v in params.items()}
-            returns = episode_returns(task, flat, episodes, FRESH_EVAL_SEED if fresh else SEARCH_EVAL_SEED,
-                                      backend=self.cfg.backend)
-            normalised = normalise(task, returns).reshape(n, n_seeds, episodes)
-            per_seed += normalised.mean(-1) / len(self.combos())
-            for i in range(n):
-                for s in range(n_seeds):
-                    why = STOP_REASONS[int(reason[i, s])]
-                    if why and not failures[i]:
-                        failures[i] = f"{why} at step {int(stopped[i, s])} ({task.name} {ds.variant} seed {seed_list[s]})"
-                    scores[i].append({"task": task.name, "dataset": ds.variant, "seed": int(seed_list[s]),
-                                      "score": float(normalised[i, s].mean()),
-                                      "returns": returns.reshape(n, n_seeds, episodes)[i, s].tolist(),
-                                      "stop_reason": why})
+        for combo in combos:
+            table = score_settings(combo, settings, self.cfg.train, policy_rows=("pi_ref",), batch=self.cfg.batch,
+                                   backend=self.cfg.backend)
+            for i, s in enumerate(settings):
+                per_unit[i] += table.unit_scores(s.label) / len(combos)
+                if s.label in table.failures and not failures[i]:
+                    failures[i] = f"{table.failures[s.label]} ({combo.name})"
+                row = table.index(s.label)
+                for u, (ref_seed, train_seed) in enumerate(table.units):
+                    scores[i].append({"task": combo.task.name, "dataset": combo.variant.spec, "seed": train_seed,
+                                      "reference_seed": ref_seed, "score": float(table.scores[row, u].mean()),
+                                      "returns": table.returns[row, u].tolist(),
+                                      "ranking_accuracy": float(table.ranking[row, u]),
+                                      "stop_reason": table.failures.get(s.label, "")})
         out = []
         for i in range(n):
             if failures[i]:
                 out.append(Evaluation(None, None, scores[i], failures[i]))
                 continue
-            mean, ci = mean_ci95(per_seed[i])
+            mean, ci = mean_ci95(per_unit[i])
             out.append(Evaluation(float(mean), float(ci), scores[i]))
         return out

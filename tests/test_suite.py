@@ -11,6 +11,7 @@ from evaluators import behaviour, datasets as D
 from evaluators.policy import CheckpointError, init_policy, load_policy, save_policy, stack
 from evaluators.reference import BCConfig, reference_policy, transitions
 from evaluators.scoring import BackendError, episode_returns, mean_ci95, normalise, score
+from evaluators.suite import SUITE
 from evaluators.tasks import TASKS, UnknownTaskError, get_task
 
 HOPPER = TASKS["hopper"]
@@ -40,7 +41,10 @@ def test_manifest_levels_are_measured_and_ordered(name):
         assert np.isfinite(info["return_mean"]) and info["return_std"] >= 0
     ref = m["reference"]
     assert ref["expert_return"] >= EXPERT_FLOOR[name]
-    assert ref["random_return"] < m["levels"]["low"]["deterministic_return_mean"]
+    if name == "ant":  # the untrained network stands still and earns the healthy bonus: no usable scale
+        assert ref["expert_return"] < 3 * ref["random_return"] and "standing still" in SUITE["ant"].excluded
+    else:
+        assert ref["random_return"] < m["levels"]["low"]["deterministic_return_mean"]
     for level in behaviour.LEVELS:  # every checkpoint loads and has the task's shapes
         p = behaviour.load_level(task, level)
         assert p["w0"].shape[0] == task.obs_dim and p["log_std"].shape == (task.act_dim,)
@@ -124,7 +128,7 @@ def test_behaviour_cloning_fits_and_is_cached(tmp_path):
     for k in ref:
         np.testing.assert_array_equal(ref[k], again[k])
     obs, act = transitions(ds)
-    assert len(obs) == ds["len_w"].sum()
+    assert len(obs) == ds["len_w"].sum() + ds["len_l"].sum()  # pi_ref clones both sides
     from evaluators.policy import policy_mean
 
     mse_bc = np.mean((policy_mean(ref, obs) - act) ** 2)
