@@ -200,17 +200,14 @@ def score_settings(combo: Combo, settings: list[Setting], train: TrainConfig = T
                             failures[settings[i].label] = (
                                 f"{reasons[k, s, 0]} at step {int(out.stopped_at[k, s, 0])} "
                                 f"(pi_ref seed {protocol.reference_seeds[r]}, training seed {protocol.train_seeds[s]})")
-    trained = {k: np.concatenate([f[k] for f in flat]) for k in flat[0]} if n else {}
     # rows x units: settings are (n, R, S) in this order; pi_ref / oracle rows repeat over training seeds
-    extra = [getattr(combo, {"pi_ref": "references", "oracle": "oracles"}[row]) for row in policy_rows]
-    extra_flat = {k: np.stack([p[k] for policies in extra for p in policies]) for k in combo.references[0]}
-    population = {k: np.concatenate([trained[k], extra_flat[k]]) if n else extra_flat[k] for k in extra_flat}
+    extra = [p for row in policy_rows for p in getattr(combo, {"pi_ref": "references", "oracle": "oracles"}[row])]
+    population = {k: np.concatenate([f[k] for f in flat] + [p[k][None] for p in extra]) for k in combo.references[0]}
     returns = episode_returns(combo.task, population, protocol.episodes, protocol.eval_seed, backend=backend)
-    ranking = np.concatenate([
-        np.stack([ranking_accuracy({k: v[(i * R + r) * S:(i * R + r + 1) * S] for k, v in trained.items()},
-                                   combo.references[r], combo.heldout) for r in range(R)]).reshape(1, R * S)
-        for i in range(n)] + [np.full((len(policy_rows), R * S), np.nan)]) if n else \
-        np.full((len(policy_rows), R * S), np.nan)
+    ranking = np.full((n + len(policy_rows), R * S), np.nan)
+    for i in range(n):
+        for r in range(R):
+            ranking[i, r * S:(r + 1) * S] = ranking_accuracy(flat[i * R + r], combo.references[r], combo.base_heldout)
     E = protocol.episodes
     setting_returns = returns[: n * R * S].reshape(n, R * S, E)
     policy_returns = np.repeat(returns[n * R * S:].reshape(len(policy_rows), R, 1, E), S, axis=2).reshape(-1, R * S, E)

@@ -64,8 +64,10 @@ SUITE = {
                                                 return_to_go=800),
                         reference=BCConfig(hidden=(256, 256), steps=5000)),
     "walker2d": TaskSuite(
-        "walker2d", DatasetConfig(n_pairs=640, segment_length=300, levels=("medium", "expert")),
-        excluded="not yet shown to pass the validity gates (see `discover suite check --task walker2d`)"),
+        "walker2d", DatasetConfig(n_pairs=640, segment_length=200, levels=("medium", "expert"), return_to_go=800),
+        excluded="the oracle does not walk: BC on the expert level's segments (acting with the expert's noise) "
+                 "scored 7-13 over 4 BC seeds, and the expert level is chosen in only 56% of pairs of different "
+                 "levels (measured 2026-11-30, data seed 0)"),
     "ant": TaskSuite(
         "ant", DatasetConfig(n_pairs=640, segment_length=200, levels=("medium", "expert")),
         excluded="the expert (return ~1000) is no better than standing still (~996, the healthy bonus): "
@@ -76,7 +78,7 @@ DEFAULT_VARIANTS = ("clean", "noisy:0.2", "mixed")
 REPORTED_LOSSES = ("sft", "dpo", "ipo", "orpo", "cpl")
 PAIRWISE_LOSSES = ("dpo", "ipo", "orpo", "cpl")  # losses that use both sides of a pair
 
-GRID_LR = (1e-4, 3e-4, 1e-3, 3e-3)
+GRID_LR = (3e-4, 1e-3, 3e-3)  # at lr <= 1e-4 x 300 steps no loss moved pi_ref on halfcheetah
 GRID_STEPS = (100, 300)
 GRID_CONSTANT = {"beta": (0.01, 0.1, 1.0), "lam": (0.1, 1.0)}  # each loss tunes the first of these it has
 

@@ -137,6 +137,10 @@ def test_score_table_is_paired_over_units(table):
     np.testing.assert_allclose(t.unit_scores("dpo-still"), ref)
     assert t.paired("dpo-still", "pi_ref") == (0.0, 0.0)
     assert np.isnan(t.ranking[t.index("pi_ref")]).all() and np.all(t.ranking[t.index("dpo-still")] == 0.5)
+    alone = score_settings(combo, [Setting("dpo", baseline("dpo"), 1e-3, 5)],
+                           TrainConfig(steps=5, batch_pairs=8, curve_points=1), policy_rows=(), batch=2)
+    assert alone.labels == ["dpo"]
+    np.testing.assert_array_equal(alone.scores[0], t.scores[0])  # the same units, seeds and episodes
     merged = ScoreTable.merge([t, ScoreTable("x", ["other"], t.units, t.scores[:1], t.returns[:1], t.ranking[:1])])
     assert merged.labels[-1] == "other" and merged.scores.shape[0] == 6
 
