@@ -5,6 +5,7 @@
                  the store
     descriptors  behavioural descriptors of a loss: the grid's axes
     plots        PNG figures: heat map, fitness over time, loss shape
+    rejections   kinds of rejection reason, and refusals grouped by kind
 """
 from archive.qd import AddStatus, DescriptorSpec, Elite, HallOfFame, QDArchive
 from archive.store import ArchiveError, ArchiveStore

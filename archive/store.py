@@ -18,12 +18,19 @@ Durability and concurrency:
   part of the caller's transaction when there is one.
 * One connection per store, guarded by a lock: threads may share a store (a transaction holds the lock
   until it ends).
+* One writer per run: `lock_run` records the writing process in the run's state (so the lock survives
+  SIGKILL); a second process gets an ArchiveError naming the holder, and a lock whose process is gone is
+  taken over.
+* `readonly=True` never writes anything, not even SQLite's -shm/-wal files: without a -wal file (no writer,
+  or the last one closed cleanly) the file is opened immutable, which also works on a read-only file
+  system; with one, it is read through the WAL (mode=ro) to see what a running writer committed.
 """
 from __future__ import annotations
 
 import json
 import math
 import os
+import socket
 import sqlite3
 import threading
 from contextlib import contextmanager
@@ -31,16 +38,23 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterator, Mapping, Sequence
 
+from archive.rejections import RejectionGroup, group_rejections
+
 if TYPE_CHECKING:
     from grammar.objective import Objective
 
 BUSY_TIMEOUT_S = 30.0
 DEDUPE_DIGITS = 4  # significant digits of constants in the dedupe key
-REASON_CHARS = 120  # rejection reasons are grouped by their first line, cut to this length
+LOCK_KEY = "lock"  # state key of the run lock
 RUN_STATUSES = ("running", "finished", "interrupted", "failed")
 CANDIDATE_STATUSES = ("evaluated", "rejected", "failed")
 ORDER_COLUMNS = ("id", "fitness", "fresh_fitness", "complexity", "generation", "created")
 SCORE_FIELDS = ("task", "dataset", "seed", "score", "returns", "stop_reason")
+
+_MIGRATIONS = {  # version -> statements that bring an archive of that version to the next one
+    1: ["ALTER TABLE exchanges ADD COLUMN rejections TEXT NOT NULL DEFAULT '[]'",
+        "ALTER TABLE exchanges ADD COLUMN answer_shape TEXT"],
+}
 
 _SCHEMA = """
 CREATE TABLE schema_version (version INTEGER NOT NULL);
@@ -65,7 +79,9 @@ CREATE TABLE exchanges (
     answer TEXT,
     error TEXT,
     usage TEXT,                          -- JSON object or NULL
-    seconds REAL NOT NULL
+    seconds REAL NOT NULL,
+    rejections TEXT NOT NULL DEFAULT '[]',  -- JSON list of [snippet, reason]: proposals of the answer refused
+    answer_shape TEXT                    -- how the answer was laid out (see discovery.llm_parse), NULL: no answer
 );
 CREATE TABLE candidates (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -149,13 +165,14 @@ def dedupe_key(objective: Objective) -> str:
 
 
 class ArchiveStore:
-    SCHEMA_VERSION = 1
+    SCHEMA_VERSION = 2
 
     def __init__(self, path: str | os.PathLike, *, readonly: bool = False):
         """Open (and, unless `readonly`, create) the archive at `path`.
 
-        `readonly=True` (for browsing) never creates or changes the file and raises ArchiveError when
-        it does not exist.
+        `readonly=True` (for browsing) never creates or changes any file and raises ArchiveError when
+        the archive does not exist.  A writer first checks an existing file read-only, so a damaged or
+        foreign file is refused before SQLite creates anything beside it.
         """
         self.path = os.fspath(path)
         self.readonly = readonly
@@ -166,12 +183,15 @@ class ArchiveStore:
             raise ArchiveError(f"no archive at {self.path}")
         if os.path.isdir(self.path):
             raise ArchiveError(f"{self.path} is a directory, not an archive file")
+        if not readonly and os.path.isfile(self.path) and os.path.getsize(self.path) > 0:
+            ArchiveStore(self.path, readonly=True).close()
         try:
-            if not readonly:
+            if readonly:
+                self._conn = self._connect_readonly()
+            else:
                 os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
-            target = Path(self.path).resolve().as_uri() + "?mode=ro" if readonly else self.path
-            self._conn = sqlite3.connect(target, uri=readonly, isolation_level=None, timeout=BUSY_TIMEOUT_S,
-                                         check_same_thread=False)
+                self._conn = sqlite3.connect(self.path, isolation_level=None, timeout=BUSY_TIMEOUT_S,
+                                             check_same_thread=False)
             self._conn.row_factory = sqlite3.Row
             self._conn.execute("PRAGMA foreign_keys = ON")
             tables = {r[0] for r in self._conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
@@ -191,6 +211,21 @@ class ArchiveStore:
             self.close()
             raise
 
+    def _connect_readonly(self) -> sqlite3.Connection:
+        uri = Path(self.path).resolve().as_uri()
+        modes = ["mode=ro", "immutable=1"] if os.path.exists(self.path + "-wal") else ["immutable=1"]
+        for i, mode in enumerate(modes):
+            conn = sqlite3.connect(f"{uri}?{mode}", uri=True, isolation_level=None, timeout=BUSY_TIMEOUT_S,
+                                   check_same_thread=False)
+            try:
+                conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
+                return conn
+            except sqlite3.OperationalError:
+                conn.close()
+                if i == len(modes) - 1:  # a -wal we cannot read through (read-only file system): the main file
+                    raise
+        raise AssertionError("unreachable")
+
     def _check_schema(self, tables: set[str]) -> None:
         if "schema_version" not in tables:
             if tables:
@@ -203,16 +238,22 @@ class ArchiveStore:
                         if statement.strip():
                             self._conn.execute(statement)
                     self._conn.execute("INSERT INTO schema_version (version) VALUES (?)", (self.SCHEMA_VERSION,))
-        row = self._conn.execute("SELECT max(version) FROM schema_version").fetchone()
-        version = row[0]
-        if version is None:
-            raise ArchiveError(f"{self.path}: the schema version is missing (damaged archive)")
+        version = self._version()
         if version > self.SCHEMA_VERSION:
             raise ArchiveError(f"{self.path} has archive schema version {version}, written by a newer MPO "
                                f"Discover; this one reads up to version {self.SCHEMA_VERSION}")
-        if version < self.SCHEMA_VERSION:  # no older versions exist yet: migrations would go here
-            raise ArchiveError(f"{self.path} has archive schema version {version}, which has no migration "
-                               f"to version {self.SCHEMA_VERSION}")
+        if version < self.SCHEMA_VERSION and not self.readonly:  # a reader copes with the missing columns
+            with self.transaction():
+                for v in range(self._version(), self.SCHEMA_VERSION):
+                    for statement in _MIGRATIONS[v]:
+                        self._conn.execute(statement)
+                self._conn.execute("UPDATE schema_version SET version = ?", (self.SCHEMA_VERSION,))
+
+    def _version(self) -> int:
+        version = self._conn.execute("SELECT max(version) FROM schema_version").fetchone()[0]
+        if version is None:
+            raise ArchiveError(f"{self.path}: the schema version is missing (damaged archive)")
+        return int(version)
 
     # ------------------------------------------------------------------------------------- lifecycle
     def close(self) -> None:
@@ -447,14 +488,22 @@ class ArchiveStore:
             queue += [(p, depth + 1) for p in c["parents"]]
         return out
 
-    def rejection_counts(self, run_id: int) -> dict[str, int]:
-        """Rejected candidates by reason (first line, cut to REASON_CHARS), most frequent first."""
-        counts: dict[str, int] = {}
-        for (reason,) in self._rows("SELECT reason FROM candidates WHERE run_id = ? AND status = 'rejected' "
-                                    "ORDER BY id", (run_id,)):
-            key = (reason.strip().splitlines() or [""])[0][:REASON_CHARS] or "(no reason given)"
-            counts[key] = counts.get(key, 0) + 1
-        return dict(sorted(counts.items(), key=lambda kv: -kv[1]))
+    def rejections(self, run_id: int) -> list[tuple[str, str, str]]:
+        """(source, reason, snippet) of every refusal of the run, oldest first: rejected candidates (source:
+        their origin before ':') and the proposals refused inside LLM answers (source 'llm')."""
+        self.run(run_id)
+        rows = [(origin.split(":")[0], reason, formula) for origin, reason, formula in self._rows(
+            "SELECT origin, reason, formula FROM candidates WHERE run_id = ? AND status = 'rejected' ORDER BY id",
+            (run_id,))]
+        if "rejections" in self._columns("exchanges"):
+            for (text,) in self._rows("SELECT rejections FROM exchanges WHERE run_id = ? ORDER BY id", (run_id,)):
+                rows += [("llm", reason, snippet) for snippet, reason in json.loads(text)]
+        return rows
+
+    def rejection_groups(self, run_id: int) -> list[RejectionGroup]:
+        """The run's refusals grouped by kind (duplicate, non-finite loss, g increasing, parse error, ...),
+        most frequent first, each with its latest example."""
+        return group_rejections(self.rejections(run_id))
 
     def status_counts(self, run_id: int) -> dict[str, int]:
         """Number of candidates of the run per status (every status present, 0 when none)."""
@@ -469,20 +518,30 @@ class ArchiveStore:
     # ------------------------------------------------------------------------------------- exchanges
     def add_exchange(self, run_id: int, *, proposer: str, model: str, prompt_version: str, system: str,
                      prompt: str, answer: str | None, error: str | None, usage: Mapping | None,
-                     seconds: float) -> int:
+                     seconds: float, rejections: Sequence[tuple[str, str]] = (),
+                     answer_shape: str | None = None) -> int:
+        """Store one LLM exchange; `rejections` are the (snippet, reason) of the proposals its answer held
+        that were refused before they became candidates."""
         with self.transaction():
             self._touch_run(run_id)
             return self.conn.execute(
                 "INSERT INTO exchanges (run_id, created, proposer, model, prompt_version, system, prompt, "
-                "answer, error, usage, seconds) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "answer, error, usage, seconds, rejections, answer_shape) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (run_id, _now(), proposer, model, prompt_version, system, prompt, answer, error,
-                 None if usage is None else _dumps(dict(usage)), float(seconds))).lastrowid
+                 None if usage is None else _dumps(dict(usage)), float(seconds),
+                 json.dumps([[str(a), str(b)] for a, b in rejections]), answer_shape)).lastrowid
 
     @staticmethod
     def _exchange_dict(row: sqlite3.Row) -> dict:
         d = dict(row)
         d["usage"] = None if d["usage"] is None else json.loads(d["usage"])
+        d["rejections"] = [tuple(r) for r in json.loads(d.get("rejections") or "[]")]  # absent in version 1
+        d.setdefault("answer_shape", None)
         return d
+
+    def _columns(self, table: str) -> set[str]:
+        return {r[1] for r in self._rows(f"PRAGMA table_info({table})")}
 
     def exchange(self, exchange_id: int) -> dict:
         return self._exchange_dict(self._one("SELECT * FROM exchanges WHERE id = ?", (exchange_id,),
@@ -506,6 +565,10 @@ class ArchiveStore:
             self.conn.execute("INSERT OR REPLACE INTO state (run_id, key, kind, value, updated) "
                               "VALUES (?, ?, ?, ?, ?)", (run_id, str(key), kind, data, _now()))
 
+    def delete_state(self, run_id: int, key: str) -> None:
+        with self.transaction():
+            self.conn.execute("DELETE FROM state WHERE run_id = ? AND key = ?", (run_id, str(key)))
+
     def get_state(self, run_id: int, key: str, default=None):
         rows = self._rows("SELECT kind, value FROM state WHERE run_id = ? AND key = ?", (run_id, str(key)))
         if not rows:
@@ -513,3 +576,56 @@ class ArchiveStore:
         kind, value = rows[0]
         return bytes(value) if kind == "bytes" else json.loads(value)
 
+    # ------------------------------------------------------------------------------------- run lock
+    def lock_run(self, run_id: int) -> None:
+        """Make this process the run's only writer, or raise ArchiveError naming the process that is.
+        The lock lives in the run's state, so it survives SIGKILL; one held by a process that is gone
+        (or by this process) is taken over."""
+        with self.transaction():
+            holder = self.get_state(run_id, LOCK_KEY)
+            if holder is not None and not _is_me(holder) and _alive(holder):
+                raise ArchiveError(f"run {run_id} in {self.path} is being written by process {holder['pid']} on "
+                                   f"{holder['host']} (since {holder['since'][:19]}); wait for it to end or stop it")
+            self.put_state(run_id, LOCK_KEY, {**_process(), "since": _now()})
+
+    def unlock_run(self, run_id: int) -> None:
+        """Release the run lock if this process holds it."""
+        with self.transaction():
+            holder = self.get_state(run_id, LOCK_KEY)
+            if holder is not None and _is_me(holder):
+                self.delete_state(run_id, LOCK_KEY)
+
+
+def _process() -> dict:
+    """This process as the run lock records it."""
+    return {"host": socket.gethostname(), "pid": os.getpid(), "start": _start_time(os.getpid())}
+
+
+def _start_time(pid: int) -> str | None:
+    """The process's start time in clock ticks since boot (Linux), which tells a reused pid apart."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    return None if fields[0] == "Z" else fields[19]  # a zombie has exited
+
+
+def _is_me(holder: Mapping) -> bool:
+    return {k: holder.get(k) for k in ("host", "pid", "start")} == _process()
+
+
+def _alive(holder: Mapping) -> bool:
+    """Whether the process recorded in a run lock still runs (another host's process is assumed to)."""
+    if holder.get("host") != socket.gethostname():
+        return True
+    pid = int(holder.get("pid") or 0)
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        pass
+    return holder.get("start") is None or _start_time(pid) == holder["start"]

@@ -8,14 +8,16 @@ import sys
 import typer
 from rich.table import Table
 
-from discovery.ui import console, err_console, user_errors
+from discovery.cli_suite import suite_app
+from discovery.ui import OneLineErrors, console, err_console, user_errors
 
 app = typer.Typer(help="MPO Discover: discover preference-optimisation objectives.", no_args_is_help=True,
-                  pretty_exceptions_enable=False, add_completion=False)
+                  cls=OneLineErrors, pretty_exceptions_enable=False, add_completion=False)
 policies_app = typer.Typer(help="Behaviour policies of the diagnostic suite.", no_args_is_help=True)
 datasets_app = typer.Typer(help="Preference datasets and the BC reference policy.", no_args_is_help=True)
 app.add_typer(policies_app, name="policies")
 app.add_typer(datasets_app, name="datasets")
+app.add_typer(suite_app, name="suite")
 
 def progress_bar():
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
@@ -80,20 +82,33 @@ def _print_manifest(m: dict) -> None:
     console.print(table)
 
 
-TaskOpt = typer.Option("hopper", "--task", help="hopper, walker2d, halfcheetah or ant")
-VariantOpt = typer.Option("noisy:0.2", "--variant",
-                          help="clean, noisy:p, stoch:beta, mixed, equal:eps, skip:eps, myopic:gamma")
-SeedOpt = typer.Option(0, "--seed")
-PairsOpt = typer.Option(2048, "--pairs", help="number of preference pairs")
-LengthOpt = typer.Option(50, "--segment-length", help="control steps per segment")
+TaskOpt = typer.Option("halfcheetah", "--task", help="hopper, walker2d, halfcheetah or ant")
+VariantOpt = typer.Option("clean", "--variant",
+                          help="clean, noisy:p, stoch:beta, mixed, equal:eps, skip:eps, myopic:gamma; "
+                               "append +shuffled for the label-shuffle control")
+SeedOpt = typer.Option(0, "--seed", help="dataset seed (0 validation, 1 test)")
+PairsOpt = typer.Option(None, "--pairs", min=1, help="number of preference pairs (default: the task's suite setting)")
+LengthOpt = typer.Option(None, "--segment-length", min=1, max=1000,
+                         help="control steps per segment (default: the task's suite setting)")
 CacheOpt = typer.Option(None, "--cache-dir", help="dataset cache folder (default ~/.cache/mpo-discover/datasets)")
 
 
-def _dataset(task, variant, seed, pairs, segment_length, cache_dir, rebuild=False):
-    from evaluators.datasets import DatasetConfig, build
+def _dataset_config(task, pairs, segment_length):
+    """The task's suite dataset settings with the given overrides, checked before any work."""
+    from dataclasses import replace
+
+    from evaluators.suite import task_suite
+
+    config = task_suite(task).dataset
+    config = replace(config, **{k: v for k, v in (("n_pairs", pairs), ("segment_length", segment_length)) if v})
+    config.validate()
+    return config
+
+
+def _dataset(task, variant, seed, config, cache_dir, rebuild=False):
+    from evaluators.datasets import build
     from evaluators.tasks import get_task
 
-    config = DatasetConfig(n_pairs=pairs, segment_length=segment_length)
     with console.status(f"preference dataset {task} {variant} seed {seed}"):
         return build(get_task(task), variant, seed, config, cache_dir, rebuild,
                      on_event=lambda msg: err_console.print(f"[yellow]{msg}[/yellow]"))
@@ -103,9 +118,13 @@ def _dataset(task, variant, seed, pairs, segment_length, cache_dir, rebuild=Fals
 @user_errors
 def datasets_build(task: str = TaskOpt, variant: str = VariantOpt, seed: int = SeedOpt, pairs: int = PairsOpt,
                    segment_length: int = LengthOpt, cache_dir: str = CacheOpt,
-                   rebuild: bool = typer.Option(False, help="ignore the cache")):
+                   rebuild: bool = typer.Option(False, "--rebuild", help="ignore the cache")):
     """Build (or fetch from cache) a preference dataset; prints its path and content hash."""
-    ds = _dataset(task, variant, seed, pairs, segment_length, cache_dir, rebuild)
+    from evaluators.datasets import parse_variant
+
+    config = _dataset_config(task, pairs, segment_length)
+    parse_variant(variant)
+    ds = _dataset(task, variant, seed, config, cache_dir, rebuild)
     console.print(f"{ds.n_pairs} pairs  sha256 {ds.content_hash}\n{ds.path}", highlight=False)
 
 
@@ -114,19 +133,24 @@ def datasets_build(task: str = TaskOpt, variant: str = VariantOpt, seed: int = S
 def datasets_show(task: str = TaskOpt, variant: str = VariantOpt, seed: int = SeedOpt, pairs: int = PairsOpt,
                   segment_length: int = LengthOpt, cache_dir: str = CacheOpt,
                   plot: str = typer.Option(None, help="histogram PNG path (default: next to the dataset)"),
-                  reference: bool = typer.Option(False, help="also train/load pi_ref and score it")):
-    """Statistics of a dataset and a PNG histogram of chosen/rejected returns."""
-    from evaluators.datasets import plot_returns, statistics
+                  reference: bool = typer.Option(False, "--reference", help="also train/load pi_ref and score it")):
+    """Statistics of a dataset (how informative its labels are) and a PNG histogram of returns."""
+    from evaluators.datasets import parse_variant, plot_returns, statistics
+    from evaluators.suite import label_figures
 
-    ds = _dataset(task, variant, seed, pairs, segment_length, cache_dir)
-    stats = statistics(ds)
+    config = _dataset_config(task, pairs, segment_length)
+    parse_variant(variant)
+    ds = _dataset(task, variant, seed, config, cache_dir)
+    stats, labels = statistics(ds), label_figures(ds)
     table = Table(title=f"{task} {ds.variant} seed {seed}", show_header=False)
     table.add_row("pairs", str(stats["pairs"]))
-    table.add_row("segment length", str(stats["segment_length"]))
-    table.add_row("label agreement with true return order", f"{stats['label_agreement']:.3f}")
+    table.add_row("segment length", f"{stats['segment_length']} (+ {stats['return_to_go']} steps of return to go)")
+    table.add_row("label agreement with the teacher's return order", f"{stats['label_agreement']:.3f}")
+    table.add_row("mean |dR| / mean return (teacher's returns)", f"{labels['relative_return_gap']:.3f}")
+    table.add_row("better level chosen (pairs of different levels)", f"{labels['better_level_chosen']:.1%}")
     table.add_row("soft (0.5) labels", str(stats["soft_labels"]))
     for side in ("chosen", "rejected"):
-        table.add_row(f"{side} return", f"{stats[side + '_return_mean']:.1f} ± {stats[side + '_return_std']:.1f}")
+        table.add_row(f"{side} segment return", f"{stats[side + '_return_mean']:.1f} ± {stats[side + '_return_std']:.1f}")
         table.add_row(f"{side} terminated early", f"{stats['terminated_' + side]:.1%}")
         table.add_row(f"{side} levels", ", ".join(f"{k} {v}" for k, v in stats[side + "_levels"].items()))
     table.add_row("content hash", stats["content_hash"][:16])
@@ -141,84 +165,95 @@ def datasets_show(task: str = TaskOpt, variant: str = VariantOpt, seed: int = Se
 @user_errors
 def datasets_reference(task: str = TaskOpt, variant: str = VariantOpt, seed: int = SeedOpt, pairs: int = PairsOpt,
                        segment_length: int = LengthOpt, cache_dir: str = CacheOpt,
-                       source: str = typer.Option("chosen", help="clone the chosen segments or both sides"),
-                       episodes: int = typer.Option(10, min=1)):
-    """Behaviour-clone pi_ref on a dataset (cached) and report its normalised score."""
-    ds = _dataset(task, variant, seed, pairs, segment_length, cache_dir)
-    console.print(f"pi_ref ({source}) on {task} {ds.variant}: normalised score {_reference_score(ds, source, episodes)}")
+                       source: str = typer.Option("both", "--source",
+                                                  help="both (pi_ref), chosen (SFT on y_w) or best (the oracle)"),
+                       episodes: int = typer.Option(10, "--episodes", min=1)):
+    """Behaviour-clone a policy on a dataset (cached) and report its normalised score."""
+    from evaluators.datasets import parse_variant
+    from evaluators.reference import SOURCES
+
+    if source not in SOURCES:
+        raise ValueError(f"--source must be one of {', '.join(SOURCES)}, got {source!r}")
+    config = _dataset_config(task, pairs, segment_length)
+    parse_variant(variant)
+    ds = _dataset(task, variant, seed, config, cache_dir)
+    console.print(f"BC ({source}) on {task} {ds.variant}: normalised score {_reference_score(ds, source, episodes)}")
 
 
-def _reference_score(ds, source="chosen", episodes=10) -> str:
+def _reference_score(ds, source="both", episodes=10) -> str:
     from evaluators.policy import stack
+    from evaluators.protocol import FRESH
     from evaluators.reference import BCConfig, reference_policy
     from evaluators.scoring import score
     from evaluators.tasks import get_task
 
-    with console.status("behaviour cloning pi_ref"):
+    with console.status("behaviour cloning"):
         params = reference_policy(ds, BCConfig(source=source))
-        s = score(get_task(ds.task), stack([params]), episodes=episodes, seed=10_000)
-    return f"{s.mean[0]:.1f} ± {s.ci95[0]:.1f} (95% CI, {episodes} episodes)"
+        s = score(get_task(ds.task), stack([params]), episodes=episodes, seed=FRESH.eval_seed)
+    return f"{s.mean[0]:.1f} ± {s.ci95[0]:.1f} (95% CI over {episodes} episodes)"
 
 
 @app.command("bench")
 @user_errors
 def bench(
-    quick: bool = typer.Option(False, "--quick", help="small preset: hopper clean + noisy:0.2, a few minutes on 2 CPUs"),
+    quick: bool = typer.Option(False, "--quick", help="small preset: the reported losses on clean data, 3 pi_ref seeds"),
     task: list[str] = typer.Option(None, "--task", help="override the preset's tasks (repeatable)"),
     variant: list[str] = typer.Option(None, "--variant", help="override the preset's variants (repeatable)"),
-    objective: list[str] = typer.Option(None, "--objective", help="zoo objectives to run (default: all)"),
-    seeds: int = typer.Option(None, min=2, help="training seeds (default 5)"),
-    episodes: int = typer.Option(None, min=1, help="evaluation episodes per trained policy"),
-    steps: int = typer.Option(None, min=1, help="PO training steps"),
-    pairs: int = typer.Option(None, min=1, help="preference pairs per dataset"),
-    out: str = typer.Option("bench-results", help="folder for bench.md, bench.csv, bench.json"),
+    objective: list[str] = typer.Option(None, "--objective", help="zoo objectives to run (default: the preset's)"),
+    tuned: bool = typer.Option(True, "--tuned/--no-tuned", help="also tune each objective on the validation seed"),
+    out: str = typer.Option("bench-results", "--out", help="folder for bench.md, bench.csv, bench.json"),
 ):
-    """Baseline table: zoo objectives x dataset variants x tasks, normalised scores with 95% CIs."""
-    from evaluators.bench import PRESETS, format_cell, objective_names, columns, run_bench, with_overrides, write_reports
+    """Baseline table: zoo objectives (default and tuned) x variants x tasks, with pi_ref and the oracle."""
+    from dataclasses import replace
+
+    from evaluators.bench import PRESETS, columns, format_cell, row_names, run_bench, write_reports
     from evaluators.datasets import parse_variant
-    from evaluators.tasks import get_task
+    from evaluators.suite import task_suite
     from grammar.zoo import ZOO
 
-    preset = with_overrides(PRESETS["quick" if quick else "full"], task, variant, seeds, episodes, steps, pairs)
+    preset = PRESETS["quick" if quick else "full"]
+    preset = replace(preset, tasks=tuple(task or preset.tasks), variants=tuple(variant or preset.variants),
+                     objectives=tuple(objective) if objective else preset.objectives, tuned=tuned)
     for t in preset.tasks:
-        get_task(t)
+        task_suite(t)
     for v in preset.variants:
         parse_variant(v)
-    unknown = [o for o in objective or [] if o not in ZOO]
+    unknown = [o for o in preset.objectives or () if o not in ZOO]
     if unknown:
-        from evaluators.errors import SuiteError
-
-        raise SuiteError(f"unknown objective(s) {', '.join(unknown)}; the zoo has {', '.join(ZOO)}")
-    objectives = {name: ZOO[name].objective for name in (objective or ZOO)}
+        raise ValueError(f"--objective: unknown {', '.join(unknown)}; the zoo has {', '.join(ZOO)}")
     with console.status("bench") as status:
-        result = run_bench(objectives, preset, on_progress=lambda msg: status.update(f"bench: {msg}"))
+        result = run_bench(preset, on_progress=lambda msg: status.update(f"bench: {msg}"))
     cols = columns(result)
-    table = Table(title=f"normalised score, mean ± 95% CI over {preset.seeds} seeds ({result.seconds:.0f} s)")
+    table = Table(title=f"normalised score, mean ± 95% CI, test data seed ({result.seconds:.0f} s)")
     table.add_column("objective")
     for t, v in cols:
         table.add_column(f"{t}\n{v}", justify="right")
-    for name in objective_names(result):
+    for name in row_names(result):
         table.add_row(name, *(format_cell(result.cell(t, v, name)) for t, v in cols),
-                      style="dim" if name == "pi_ref" else None)
+                      style="dim" if name in ("pi_ref", "oracle") else None)
     console.print(table)
     paths = write_reports(result, out)
     console.print("wrote " + ", ".join(paths.values()), highlight=False)
 
 
 DEFAULT_ARCHIVE = os.path.join("runs", "archive.db")
+LLM_OPTIONS = ("llm_provider", "llm_model", "llm_base_url", "llm_max_calls", "llm_timeout", "llm_replay")
 
 
 @app.command("run")
 @user_errors
 def run(
-    task: list[str] = typer.Option(None, help="task(s) of the fitness (repeatable; default hopper)"),
+    ctx: typer.Context,
+    task: list[str] = typer.Option(None, help="task(s) of the fitness (repeatable; default halfcheetah)"),
     dataset: list[str] = typer.Option(None, help="dataset variant(s) of the fitness (repeatable; default noisy:0.2)"),
-    seeds: int = typer.Option(2, min=1, help="training seeds per fitness evaluation"),
+    seeds: int = typer.Option(2, min=1, help="training seeds per pi_ref seed of a fitness evaluation"),
     episodes: int = typer.Option(2, min=1, help="evaluation episodes per trained policy"),
-    steps: int = typer.Option(100, min=1, help="PO training steps per candidate"),
-    pairs: int = typer.Option(1024, min=16, help="preference pairs per dataset"),
-    segment_length: int = typer.Option(50, min=2, help="steps per preference segment"),
-    reference_steps: int = typer.Option(3000, min=1, help="behaviour-cloning steps of the reference policy"),
+    steps: int = typer.Option(300, min=1, help="PO training steps per candidate"),
+    pairs: int = typer.Option(None, min=16, help="preference pairs per dataset (default: the task's suite setting)"),
+    segment_length: int = typer.Option(None, min=2, max=1000,
+                                       help="steps per preference segment (default: the task's suite setting)"),
+    reference_steps: int = typer.Option(None, min=1, help="behaviour-cloning steps of pi_ref (default: the task's "
+                                                           "suite setting)"),
     batch: int = typer.Option(8, min=1, help="candidates trained per population call (GP/LLM generations)"),
     backend: str = typer.Option("native", help="rollout backend for scoring: native (CPU MuJoCo) or mjx"),
     budget_evals: int = typer.Option(48, min=0, help="stop after this many candidates trained (0: no limit)"),
@@ -228,85 +263,201 @@ def run(
     llm: float = typer.Option(0.0, min=0, help="scheduler weight of the LLM proposer (needs an endpoint)"),
     llm_provider: str = typer.Option("openai", help="openai, anthropic or openai-compatible"),
     llm_model: str = typer.Option(None, help="model name (default: the provider's default)"),
-    llm_base_url: str = typer.Option(None, help="base URL of an OpenAI-compatible endpoint (vLLM, llama.cpp, Ollama)"),
+    llm_base_url: str = typer.Option(None, help="server root: http://host:8000/v1 for openai-compatible servers "
+                                                "(vLLM, llama.cpp, Ollama); for anthropic without /v1"),
     llm_max_calls: int = typer.Option(50, min=1, help="LLM call budget of the run"),
+    llm_timeout: float = typer.Option(60.0, min=0, help="wall-clock limit of one LLM call in seconds, retries "
+                                                        "included"),
     llm_replay: int = typer.Option(None, help="answer LLM calls from the exchanges stored by this run id (no API)"),
     es_strategy: str = typer.Option("cma", help="evosax strategy: cma, openes or snes"),
     descriptors: str = typer.Option("complexity,saturation",
                                     help="QD grid axes: name or name=low:high:bins, comma-separated"),
     baseline: list[str] = typer.Option(None, help="zoo objectives of generation 0 (repeatable; default all)"),
     top_k: int = typer.Option(3, min=1, help="elites re-evaluated on fresh seeds at the end"),
-    fresh_seeds: int = typer.Option(5, min=2, help="training seeds of the fresh-seed re-evaluation"),
+    fresh_seeds: int = typer.Option(5, min=2, help="pi_ref seeds of the re-evaluation on fresh seeds and data"),
     seed: int = typer.Option(0, help="seed of the whole search"),
     archive: str = typer.Option(DEFAULT_ARCHIVE, help="SQLite archive file"),
-    resume: bool = typer.Option(False, "--resume", help="continue the archive's latest (or --run) run"),
-    run_id: int = typer.Option(None, "--run", help="run to resume (default: the latest)"),
+    resume: bool = typer.Option(False, "--resume", help="continue the archive's latest (or --run) run with its "
+                                                        "stored settings; only budgets may be given anew"),
+    run_id: int = typer.Option(None, "--run", help="run to resume (with --resume; default: the latest)"),
 ):
     """Search for PO objectives: GP + ES (+ LLM) into a quality-diversity archive, with a live view.
 
-    Ctrl-C stops cleanly (the generation in flight is dropped); `--resume` continues the same run.
+    Every option is checked before anything is opened or built. Ctrl-C stops cleanly (the generation in
+    flight is dropped); `--resume` continues the same run.
     """
+    from archive.store import ArchiveStore
+    from discovery.search import OPTIONS, Search
+
+    given = {p.opts[0]: p.name for p in ctx.command.params
+             if p.name in ctx.params and ctx.get_parameter_source(p.name).name != "DEFAULT"}
+    if run_id is not None and not resume:
+        raise ValueError("--run: picks the run to continue and needs --resume (without it a new run starts)")
+    cfg = _search_config(task, dataset, seeds, episodes, steps, pairs, segment_length, reference_steps, batch,
+                         backend, budget_evals, budget_minutes, gp, es, llm, llm_provider, llm_model, llm_base_url,
+                         llm_max_calls, llm_timeout, es_strategy, descriptors, baseline, top_k, fresh_seeds, seed)
+    changes, replay = {}, None
+    if resume:
+        if not os.path.isfile(archive):
+            raise ValueError(f"--resume: no archive at {archive}")
+        with ArchiveStore(archive, readonly=True) as reader:
+            stored_run = reader.run(run_id) if run_id is not None else reader.latest_run()
+            if stored_run is None:
+                raise ValueError(f"--resume: the archive {archive} holds no run yet")
+            stored = Search.stored_config(reader, stored_run["id"])
+        changes = _resume_changes(cfg, stored, given, stored_run["id"])
+        cfg = stored.with_settings(changes)
+    cfg.validate()
+    _check_proposer_options(cfg, given, llm_replay is not None)
+    if llm_replay is not None:
+        replay = _stored_exchanges(archive, llm_replay)
+
+    store = ArchiveStore(archive)
+    try:
+        if resume:
+            search = Search.resume(store, stored_run["id"], changes=changes, llm_replay=replay)
+            changed = "".join(f"; {OPTIONS[s]} {_shown(s, stored.get(s))} -> {_shown(s, v)}"
+                              for s, v in changes.items())
+            console.print(f"resuming run #{search.run_id} at generation {search.generation} "
+                          f"({search.evaluations()} evaluations so far){changed}", highlight=False)
+        else:
+            search = Search.start(store, cfg, llm_replay=replay)
+            console.print(f"run #{search.run_id} in {archive}", highlight=False)
+        with search:
+            _search(search, archive)
+    finally:
+        store.close()
+
+
+def _search_config(task, dataset, seeds, episodes, steps, pairs, segment_length, reference_steps, batch, backend,
+                   budget_evals, budget_minutes, gp, es, llm, llm_provider, llm_model, llm_base_url, llm_max_calls,
+                   llm_timeout, es_strategy, descriptors, baseline, top_k, fresh_seeds, seed):
+    """The `SearchConfig` the options of `discover run` describe (not validated yet)."""
     from dataclasses import replace
+
+    from discovery.es import ESConfig
+    from discovery.llm import LLMConfig
+    from discovery.search import SearchConfig
+    from evaluators.datasets import DatasetConfig
+    from evaluators.fitness import FitnessConfig
+    from evaluators.reference import BCConfig
+    from evaluators.suite import SUITE
+
+    llm_cfg = LLMConfig(provider=llm_provider, base_url=llm_base_url, max_calls=llm_max_calls, timeout_s=llm_timeout)
+    if llm_model:
+        llm_cfg = replace(llm_cfg, model=llm_model)
+    defaults = FitnessConfig()
+    tasks = tuple(task or defaults.tasks)
+    dataset_cfg = None
+    if pairs or segment_length:  # overrides of the first task's suite dataset, for every task
+        suite = SUITE.get(tasks[0])
+        base = suite.dataset if suite else DatasetConfig()
+        dataset_cfg = replace(base, **{k: v for k, v in (("n_pairs", pairs), ("segment_length", segment_length)) if v})
+    fitness = FitnessConfig(tasks=tasks, datasets=tuple(dataset or defaults.datasets), seeds=seeds, episodes=episodes,
+                            dataset=dataset_cfg, train=replace(defaults.train, steps=steps),
+                            reference=None if reference_steps is None else
+                            replace(SUITE[tasks[0]].reference if tasks[0] in SUITE else BCConfig(), steps=reference_steps),
+                            backend=backend, batch=batch)
+    return SearchConfig(fitness=fitness, seed=seed, max_evaluations=budget_evals or None,
+                        max_seconds=budget_minutes * 60 or None, weights={"gp": gp, "es": es, "llm": llm},
+                        es=ESConfig(strategy=es_strategy), llm=llm_cfg, descriptors=descriptors,
+                        baselines=tuple(baseline or ()), top_k=top_k, fresh_seeds=fresh_seeds)
+
+
+def _shown(setting: str, value) -> str:
+    """A setting's value as a user wrote it."""
+    if value is None:
+        return "no limit" if setting in ("max_evaluations", "max_seconds") else "the default"
+    if setting == "max_seconds":
+        return f"{value / 60:g} min"
+    return ",".join(map(str, value)) if isinstance(value, list) else str(value)
+
+
+def _resume_changes(cfg, stored, given: dict[str, str], run_id: int) -> dict:
+    """The settings an explicit option changes on resume; an option that contradicts a stored setting that
+    cannot change is an error naming both."""
+    from discovery.search import OPTIONS, RESUMABLE
+
+    changes = {}
+    for setting, flag in OPTIONS.items():
+        if flag not in given or cfg.get(setting) == stored.get(setting):
+            continue
+        if setting not in RESUMABLE:
+            raise ValueError(f"{flag} {_shown(setting, cfg.get(setting))}: run #{run_id} was started with "
+                             f"{_shown(setting, stored.get(setting))}, and a resumed run keeps its settings (only "
+                             f"{', '.join(OPTIONS[r] for r in RESUMABLE)} may change); start a new run instead")
+        changes[setting] = cfg.get(setting)
+    return changes
+
+
+def _check_proposer_options(cfg, given: dict[str, str], replaying: bool) -> None:
+    """Options of a proposer whose weight is 0 would be ignored: an error. An explicit LLM weight needs an
+    endpoint that can be used (a key), or a replay."""
+    from discovery.llm import llm_available
+
+    if cfg.weights.get("llm", 0) == 0:
+        for flag, name in given.items():
+            if name in LLM_OPTIONS:
+                raise ValueError(f"{flag}: has no effect while the LLM weight is 0; add --llm WEIGHT")
+    elif "--llm" in given and not replaying:
+        ok, why = llm_available(cfg.llm)
+        if not ok:
+            raise ValueError(f"--llm {cfg.weights['llm']:g}: the LLM proposer cannot run: {why} "
+                             f"(or answer from a stored run with --llm-replay RUN)")
+    if cfg.weights.get("es", 0) == 0 and "--es-strategy" in given:
+        raise ValueError("--es-strategy: has no effect while the ES weight is 0; add --es WEIGHT")
+
+
+def _stored_exchanges(archive: str, run_id: int) -> list[dict]:
+    from archive.store import ArchiveError, ArchiveStore
+
+    if not os.path.isfile(archive):
+        raise ValueError(f"--llm-replay {run_id}: no archive at {archive} to replay it from")
+    with ArchiveStore(archive, readonly=True) as reader:
+        try:
+            reader.run(run_id)
+        except ArchiveError:
+            raise ValueError(f"--llm-replay {run_id}: the archive {archive} has no run {run_id}") from None
+        return reader.exchanges(run_id)
+
+
+def _search(search, archive: str) -> None:
+    """Run the search with the live view (or one line per generation when output is not a terminal), then
+    re-evaluate on fresh seeds, print the table and write the plots."""
+    from contextlib import nullcontext
 
     from rich.live import Live
 
-    from archive.store import ArchiveStore
-    from discovery.es import ESConfig
-    from discovery.live import fresh_table, live_view
-    from discovery.llm import LLMConfig
-    from discovery.search import Search, SearchConfig
-    from evaluators.datasets import DatasetConfig
-    from evaluators.fitness import FitnessConfig
-    from evaluators.po_trainer import TrainConfig
-    from evaluators.reference import BCConfig
+    from discovery.live import fresh_table, live_view, progress_line
 
-    max_evals, max_seconds = budget_evals or None, budget_minutes * 60 or None
-    store = ArchiveStore(archive)
-    status = ["preparing"]
-    replay = store.exchanges(llm_replay) if llm_replay is not None else None
-
-    def on_event(msg: str):
-        status[0] = msg
-
-    if resume:
-        search = Search.resume(store, run_id, max_evaluations=max_evals, max_seconds=max_seconds, on_event=on_event,
-                               llm_replay=replay)
-        console.print(f"resuming run #{search.run_id} at generation {search.generation} "
-                      f"({search.evaluations()} evaluations so far)")
-    else:
-        llm_cfg = LLMConfig(provider=llm_provider, base_url=llm_base_url, max_calls=llm_max_calls)
-        if llm_model:
-            llm_cfg = replace(llm_cfg, model=llm_model)
-        fitness = FitnessConfig(tasks=tuple(task or ("hopper",)), datasets=tuple(dataset or ("noisy:0.2",)),
-                                seeds=seeds, episodes=episodes,
-                                dataset=DatasetConfig(n_pairs=pairs, segment_length=segment_length),
-                                train=TrainConfig(steps=steps), reference=BCConfig(steps=reference_steps),
-                                backend=backend, batch=batch)
-        cfg = SearchConfig(fitness=fitness, seed=seed, max_evaluations=max_evals, max_seconds=max_seconds,
-                           weights={"gp": gp, "es": es, "llm": llm}, es=ESConfig(strategy=es_strategy),
-                           llm=llm_cfg, descriptors=descriptors, baselines=tuple(baseline or ()), top_k=top_k,
-                           fresh_seeds=fresh_seeds)
-        search = Search.start(store, cfg, on_event=on_event, llm_replay=replay)
-        console.print(f"run #{search.run_id} in {archive}")
     if search.llm_note:
-        console.print(f"[yellow]{search.llm_note}[/yellow]")
-    history = []
-    with Live(live_view(search, history, status[0]), console=console, refresh_per_second=2, transient=False) as live:
-        def refresh(msg: str | None = None):
-            if msg:
-                status[0] = msg
+        console.print(f"[yellow]{search.llm_note}[/yellow]", highlight=False)
+    history, status = [], ["preparing"]
+    live = Live(live_view(search, history, status[0]), console=console, refresh_per_second=2, transient=False) \
+        if console.is_terminal else None
+
+    def refresh(msg: str | None = None):
+        if msg:
+            status[0] = msg
+        if live is not None:
             live.update(live_view(search, history, status[0]))
 
-        search.on_event = search.evaluator.on_event = refresh
-        try:
-            search.run(on_generation=lambda g: (history.append(g), refresh(f"generation {g.index} committed")))
-        except KeyboardInterrupt:
-            live.stop()
-            console.print(f"[yellow]interrupted[/yellow]: generations up to {search.generation - 1} are committed; "
-                          f"continue with `discover run --resume --archive {archive}`")
-            raise typer.Exit(130)
-        refresh("re-evaluating the best on fresh seeds")
-        rows = search.fresh_evaluation()
+    def on_generation(g):
+        history.append(g)
+        refresh(f"generation {g.index} committed")
+        if live is None:
+            console.print(progress_line(search, g), highlight=False, markup=False, soft_wrap=True)
+
+    search.on_event = search.evaluator.on_event = refresh
+    try:
+        with live or nullcontext():
+            search.run(on_generation=on_generation)
+            refresh("re-evaluating the best on fresh seeds")
+            rows = search.fresh_evaluation()
+    except KeyboardInterrupt:
+        console.print(f"[yellow]interrupted[/yellow]: generations up to {search.generation - 1} are committed; "
+                      f"continue with `discover run --resume --archive {archive}`")
+        raise typer.Exit(130)
     console.print(fresh_table(rows, search.cfg.fresh_seeds))
     _write_run_plots(search, os.path.join(os.path.dirname(archive) or ".", "plots"))
 
@@ -335,15 +486,38 @@ def export(
     """Export an objective as standalone PyTorch / JAX code, LaTeX or sympy."""
     from grammar.export import export as export_objective
 
+    if out is not None:
+        _check_writable(out, "--out")
     text = export_objective(_resolve_objective(target, archive), format)
-    if out:
-        tmp = out + ".tmp"
-        with open(tmp, "w") as f:
-            f.write(text if text.endswith("\n") else text + "\n")
-        os.replace(tmp, out)
+    if out is not None:
+        _write_text(out, text if text.endswith("\n") else text + "\n", "--out")
         console.print(f"wrote {out}", highlight=False)
     else:
         print(text)
+
+
+def _check_writable(path: str, flag: str) -> None:
+    folder = os.path.dirname(os.path.abspath(path))
+    if os.path.isdir(path):
+        raise ValueError(f"{flag} {path}: is a folder; give a file name")
+    if not os.path.isdir(folder):
+        raise ValueError(f"{flag} {path}: the folder {folder} does not exist")
+    if not os.access(folder, os.W_OK):
+        raise ValueError(f"{flag} {path}: the folder {folder} is not writable")
+
+
+def _write_text(path: str, text: str, flag: str) -> None:
+    """Write through a temporary file beside `path` and a rename: `path` is whole or untouched, and nothing
+    else is left behind."""
+    tmp = path + ".tmp"
+    try:
+        with open(tmp, "w") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except OSError as e:
+        if os.path.isfile(tmp):
+            os.unlink(tmp)
+        raise ValueError(f"{flag} {path}: cannot write it ({e.strerror or e})") from None
 
 
 def _resolve_objective(target: str, archive: str):
@@ -357,7 +531,7 @@ def _resolve_objective(target: str, archive: str):
 
         if not os.path.exists(archive):
             raise ValueError(f"no archive at {archive}; pass --archive")
-        with ArchiveStore(archive) as store:
+        with ArchiveStore(archive, readonly=True) as store:
             return store.candidate(int(target.lstrip("#")))["objective"]
     return Objective.free("custom_loss", target)
 

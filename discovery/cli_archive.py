@@ -1,6 +1,6 @@
 """`discover archive ...`: browse the archive of found losses (read-only; safe while a run writes).
 
-    list      candidates of a run, sortable, with a run summary and rejection counts
+    list      candidates of a run, sortable, with a run summary and rejections grouped by kind
     show ID   one loss: formula, LaTeX, constants, scores next to the run's baselines, lineage, LLM
               exchange, and a loss-shape PNG
     map       the quality-diversity grid as a table, a heat-map PNG and a fitness-over-time PNG
@@ -13,9 +13,11 @@ import os
 from collections import defaultdict
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 from rich.tree import Tree
 
+from discovery.text import printable
 from discovery.ui import console, user_errors
 
 archive_app = typer.Typer(help="Browse the archive of discovered losses.", no_args_is_help=True)
@@ -124,7 +126,7 @@ def list_candidates(
     limit: int = typer.Option(30, "--limit", min=0, help="rows to show (0: all)"),
     descriptors: str = DescriptorsOpt,
 ):
-    """Candidates of a run in a table, with the run summary and rejection counts."""
+    """Candidates of a run in a table, with the run summary and rejections grouped by kind."""
     from archive.store import CANDIDATE_STATUSES
 
     if sort not in SORTS:
@@ -149,14 +151,32 @@ def list_candidates(
                           _pm(c["fresh_fitness"], c["fresh_ci95"]), f"{c['complexity']:.0f}", _descriptors(c),
                           c["objective"].short_text(max(16, console.width - LIST_FIXED_WIDTH)))
         console.print(table)
-        rejections = store.rejection_counts(r["id"])
-        if rejections:
-            rt = Table(title="rejections by reason")
+        if status in (None, "rejected"):
+            _print_llm_refusals(store, r["id"], limit)
+        groups = store.rejection_groups(r["id"])
+        if groups:
+            rt = Table(title="rejections by kind")
             rt.add_column("count", justify="right")
-            rt.add_column("reason")
-            for reason, n in rejections.items():
-                rt.add_row(str(n), reason)
+            rt.add_column("kind")
+            rt.add_column("proposers")
+            rt.add_column("latest example", overflow="fold")
+            for grp in groups:
+                rt.add_row(str(grp.count), grp.kind, ", ".join(grp.sources), _cut(printable(grp.example), 160))
             console.print(rt)
+
+
+def _print_llm_refusals(store, run_id: int, limit: int) -> None:
+    """Proposals refused inside LLM answers: they never became candidates, so the table above lacks them."""
+    rows = [(x["id"], snippet, reason) for x in store.exchanges(run_id) for snippet, reason in x["rejections"]]
+    if not rows:
+        return
+    table = Table(title=f"refused inside LLM answers: {len(rows)}" + (f", the last {limit}" if limit and
+                                                                       len(rows) > limit else ""))
+    for name in ("exchange", "reason", "proposal"):
+        table.add_column(name, justify="right" if name == "exchange" else "left", overflow="fold")
+    for exchange_id, snippet, reason in rows[-limit if limit else 0:]:
+        table.add_row(f"#{exchange_id}", printable(reason), _cut(printable(snippet), FORMULA_CHARS))
+    console.print(table)
 
 
 # ---------------------------------------------------------------------------------------------- show
@@ -264,16 +284,20 @@ def _text(expr) -> str:
 
 
 def _print_exchange(x: dict) -> None:
-    console.print(f"[bold]LLM exchange #{x['id']}[/bold]: {x['proposer']} / {x['model']}, prompt "
-                  f"{x['prompt_version']}, {x['seconds']:.1f} s" + (f", usage {x['usage']}" if x["usage"] else ""),
-                  highlight=False)
-    prompt = x["prompt"]
+    console.print(f"[bold]LLM exchange #{x['id']}[/bold]: {escape(printable(x['proposer']))} / "
+                  f"{escape(printable(x['model']))}, prompt {escape(x['prompt_version'])}, {x['seconds']:.1f} s"
+                  + (f", answer as {x['answer_shape']}" if x["answer_shape"] else "")
+                  + (f", usage {escape(str(x['usage']))}" if x["usage"] else ""), highlight=False)
+    prompt = printable(x["prompt"])
     console.print("prompt (end):\n" + ("…" + prompt[-EXCERPT_CHARS:] if len(prompt) > EXCERPT_CHARS else prompt),
                   markup=False, highlight=False)
     if x["answer"] is not None:
-        console.print("answer:\n" + _cut(x["answer"], EXCERPT_CHARS), markup=False, highlight=False)
+        console.print("answer:\n" + _cut(printable(x["answer"]), EXCERPT_CHARS), markup=False, highlight=False)
     if x["error"]:
-        console.print(f"error: {x['error']}", markup=False, highlight=False)
+        console.print(f"error: {printable(x['error'])}", markup=False, highlight=False)
+    for snippet, reason in x["rejections"]:
+        console.print(f"refused: {printable(reason)}: {_cut(printable(snippet), FORMULA_CHARS)}", markup=False,
+                      highlight=False)
 
 
 # ----------------------------------------------------------------------------------------------- map

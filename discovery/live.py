@@ -1,4 +1,4 @@
-"""The live view of `discover run` and its final report (rich renderables built from a `Search`)."""
+"""The live view of `discover run`, its one-line-per-generation form for logs, and its final report."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from rich.table import Table
 from rich.text import Text
 
 from discovery.search import FreshRow, Generation, Search
+from discovery.text import printable
 
 RECENT_ELITES = 6
 TOP_REASONS = 6
@@ -19,20 +20,36 @@ def _fmt(x: float | None, ci: float | None = None) -> str:
     return f"{x:6.1f} ± {ci:4.1f}" if ci is not None else f"{x:6.1f}"
 
 
-def live_view(search: Search, history: list[Generation], status: str) -> Panel:
-    cfg = search.cfg
-    evals, elapsed = search.evaluations(), search.elapsed()
-    budget = []
+def _budget(search: Search) -> str:
+    cfg, parts = search.cfg, []
     if cfg.max_evaluations is not None:
-        budget.append(f"{evals}/{cfg.max_evaluations} evaluations")
+        parts.append(f"{search.evaluations()}/{cfg.max_evaluations} evaluations")
     if cfg.max_seconds is not None:
-        budget.append(f"{elapsed:.0f}/{cfg.max_seconds:.0f} s")
-    rate = evals / elapsed if elapsed > 0 else 0.0
+        parts.append(f"{search.elapsed():.0f}/{cfg.max_seconds:.0f} s")
+    return ", ".join(parts)
+
+
+def _rate(search: Search) -> str:
+    """Objectives trained per second, baselines included."""
+    elapsed = search.elapsed()
+    return f"{search.trained() / elapsed:.2f}" if elapsed > 0 else "—"
+
+
+def progress_line(search: Search, g: Generation) -> str:
+    """One generation as one line, for output that is not a terminal (a log file, CI, nohup)."""
+    found, baseline = search.best(), search.best_baseline()
+    return (f"generation {g.index} {g.proposer}: {g.evaluated} trained, {g.rejected} rejected | {_budget(search)}"
+            f" | {_rate(search)} evals/s | best found {_fmt(found and found['fitness']).strip()}"
+            + (f" vs {baseline[0]} {baseline[1]:.1f}" if baseline else "")
+            + f" | coverage {search.qd.coverage:.0%}" + (f" | {printable(g.note)}" if g.note else ""))
+
+
+def live_view(search: Search, history: list[Generation], status: str) -> Panel:
     best, baseline = search.qd.best, search.best_baseline()
     found = search.best()
     head = Table.grid(padding=(0, 2))
-    head.add_row("run", f"#{search.run_id}", "generation", str(search.generation), "budget", ", ".join(budget))
-    head.add_row("evals/s", f"{rate:.2f}", "coverage", f"{search.qd.coverage:.0%}",
+    head.add_row("run", f"#{search.run_id}", "generation", str(search.generation), "budget", _budget(search))
+    head.add_row("evals/s", _rate(search), "coverage", f"{search.qd.coverage:.0%}",
                  "QD-score", f"{search.qd.qd_score:.0f}")
     head.add_row("best found", _fmt(found and found["fitness"], found and found["ci95"]),
                  "best baseline", f"{baseline[0]} {baseline[1]:.1f}" if baseline else "—",
@@ -48,18 +65,18 @@ def live_view(search: Search, history: list[Generation], status: str) -> Panel:
         elites.add_row(str(cid), str(c["generation"]), c["origin"], _fmt(c["fitness"], c["ci95"]),
                        c["objective"].short_text())
 
-    reasons = Table(title="rejections by reason", title_justify="left", expand=True)
+    reasons = Table(title="rejections by kind", title_justify="left", expand=True)
     reasons.add_column("count", justify="right")
-    reasons.add_column("reason", overflow="ellipsis", no_wrap=True)
-    counts = search.store.rejection_counts(search.run_id)
-    for reason, n in sorted(counts.items(), key=lambda kv: -kv[1])[:TOP_REASONS]:
-        reasons.add_row(str(n), reason)
+    reasons.add_column("kind", no_wrap=True)
+    reasons.add_column("latest example", overflow="ellipsis", no_wrap=True)
+    for grp in search.store.rejection_groups(search.run_id)[:TOP_REASONS]:
+        reasons.add_row(str(grp.count), grp.kind, printable(grp.example))
 
     last = history[-1] if history else None
-    line = Text(status, style="bold")
+    line = Text(printable(status), style="bold")
     if last is not None:
         line.append(f"   last: gen {last.index} {last.proposer}: {last.evaluated} trained, {last.rejected} rejected"
-                    + (f" ({last.note})" if last.note else ""), style="dim")
+                    + (f" ({printable(last.note)})" if last.note else ""), style="dim")
     return Panel(Group(head, elites, reasons, line), title="discover run", border_style="cyan")
 
 

@@ -5,8 +5,11 @@ Providers:
 * "openai"            `openai.OpenAI` (chat completions), key from `OPENAI_API_KEY`;
 * "anthropic"         `anthropic.Anthropic` (messages), key from `ANTHROPIC_API_KEY`;
 * "openai-compatible" `openai.OpenAI` pointed at `base_url` (vLLM, llama.cpp server, Ollama, LiteLLM...).
-  The key comes from `api_key_env` when set, else the placeholder "EMPTY" is sent: the real
-  `OPENAI_API_KEY` is never read for a third-party endpoint.
+  The key comes from `api_key_env` when set, else from `OPENAI_API_KEY` when that is set, else the
+  placeholder "EMPTY" is sent (servers that need no key accept it).
+
+`base_url` for "anthropic" is the server root: the SDK appends `/v1/messages` itself, so a trailing `/v1`
+is dropped.
 
 One `propose(context)` renders the versioned prompt (`discovery.llm_prompt`), makes one call, and parses
 the answer with the grammar's safe parser (`discovery.llm_parse`; never eval/exec/sympify).  Robustness:
@@ -16,19 +19,26 @@ the answer with the grammar's safe parser (`discovery.llm_parse`; never eval/exe
   `backoff_s * 2**k` (or the server's Retry-After), capped at `max_backoff_s`, through the injectable
   `sleep`.  Other 4xx are not retried; 401/403/404 (bad key, no access, unknown model) and a missing key
   make the proposer give up for the run, as do `max_failures` failed calls in a row (a dead endpoint);
-* every request has the timeout `timeout_s`;
+* `timeout_s` is a wall-clock deadline for the whole call, retries and waits included: a request runs in
+  a worker thread that is abandoned at the deadline, so an endpoint that drips its answer byte by byte
+  cannot hold the run (the SDK's own timeout only bounds each read);
 * a budget of `max_calls` calls and `max_tokens` tokens (prompt + completion, from the reported usage, or
   estimated at 4 characters a token when an endpoint reports none);
 * `propose` never raises for endpoint or answer problems: it returns a `Proposal` with no candidates and an
   `Exchange` whose `error` says what happened, and `exhausted` turns True once the budget is spent or the
-  proposer gave up, so the search carries on with its other proposers.
+  proposer gave up, so the search carries on with its other proposers;
+* what comes from the endpoint is distrusted: reported token counts are clamped at 0, answers are stored
+  cut at `MAX_ANSWER_CHARS` (longer ones are refused by the parser anyway), and control characters are
+  removed from error messages (`discovery.text.printable`).
 
-Every call gives one `Exchange` (system, prompt, answer or error, usage, seconds) for the archive
-(`ArchiveStore.add_exchange(run_id, **dataclasses.asdict(exchange))`).  `usage` is None exactly when no
-request was made (budget spent, gave up); otherwise it holds `attempts` and, after an answer,
-`prompt_tokens`, `completion_tokens`, `total_tokens`, `stop_reason` (and `estimated` when the endpoint
-reported no usage).  `LLMProposer(cfg, replay=store.exchanges(run_id))` answers from the stored exchanges, in
-order, without any client: the same candidates, names and counters come back, so a run replays offline.
+Every call gives one `Exchange` (system, prompt, answer or error, usage, seconds, the refused proposals of the
+answer and the answer's layout) for the archive (`ArchiveStore.add_exchange(run_id, **exchange.to_dict())`).
+`error` is set when the call failed (no answer) and when an answer gave no usable objective ("answer
+rejected: ...").  `usage` is None exactly when no request was made (budget spent, gave up); otherwise it
+holds `attempts` and, after an answer, `prompt_tokens`, `completion_tokens`, `total_tokens`, `stop_reason`
+(and `estimated` when the endpoint reported no usage).  `LLMProposer(cfg, replay=store.exchanges(run_id))`
+answers from the stored exchanges, in order, without any client: the same candidates, refusals, names and
+counters come back, so a run replays offline.
 """
 from __future__ import annotations
 
@@ -38,13 +48,15 @@ import logging
 import math
 import os
 import sys
+import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Sequence
 
 import prompts
-from discovery.llm_parse import Candidate, Rejection, parse_candidates
+from discovery.llm_parse import MAX_ANSWER_CHARS, Candidate, ParsedAnswer, Rejection, read_answer
 from discovery.llm_prompt import PromptContext, RenderedPrompt, render_prompt
+from discovery.text import printable
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +78,7 @@ class LLMConfig:
     model: str = DEFAULT_MODEL  # left at the default with provider "anthropic": DEFAULT_MODELS["anthropic"]
     base_url: str | None = None  # required for "openai-compatible"; optional for the others
     api_key_env: str | None = None  # default OPENAI_API_KEY / ANTHROPIC_API_KEY; compatible: none needed
-    timeout_s: float = 60.0  # per request
+    timeout_s: float = 60.0  # wall-clock deadline of one call, retries and waits included
     max_retries: int = 3  # retries of one call (so at most 1 + max_retries requests)
     max_calls: int = 50  # per run
     max_tokens: int = 200_000  # per run: prompt + completion tokens
@@ -79,18 +91,34 @@ class LLMConfig:
     backoff_s: float = 1.0  # first retry waits this long, then twice as long each time
     max_backoff_s: float = 30.0  # cap on one wait, Retry-After included
     max_failures: int = 3  # failed calls in a row after which the proposer gives up for the run
-    validate: bool = True  # run grammar.validity.check on each parsed objective (rejections say why)
+    check_validity: bool = True  # run grammar.validity.check on each parsed objective (rejections say why)
 
-    def __post_init__(self):
+    def validate(self) -> None:
+        """Raise ValueError naming the `discover run` option (or, for settings without one, the field)."""
         if self.provider not in PROVIDERS:
-            raise ValueError(f"unknown LLM provider {self.provider!r}; use one of {', '.join(PROVIDERS)}")
-        for name in ("max_retries", "max_calls", "max_tokens", "max_output_tokens", "max_failures", "n_wanted"):
-            if int(getattr(self, name)) != getattr(self, name) or getattr(self, name) < 0:
-                raise ValueError(f"LLMConfig.{name} must be a non-negative integer, got {getattr(self, name)!r}")
-        for name in ("timeout_s", "backoff_s", "max_backoff_s"):
+            raise ValueError(f"--llm-provider: unknown provider {self.provider!r}; use one of {', '.join(PROVIDERS)}")
+        if not isinstance(self.model, str) or not self.model.strip():
+            raise ValueError("--llm-model: give a model name")
+        if self.base_url is not None and not str(self.base_url).startswith(("http://", "https://")):
+            raise ValueError(f"--llm-base-url: {self.base_url!r} is not an http(s) URL")
+        if self.provider == "openai-compatible" and not self.base_url:
+            raise ValueError("--llm-base-url: provider 'openai-compatible' needs the server's base_url, "
+                             "e.g. http://localhost:8000/v1")
+        for flag, name in (("--llm-max-calls", "max_calls"), (None, "max_retries"), (None, "max_tokens"),
+                           (None, "max_output_tokens"), (None, "max_failures"), (None, "n_wanted")):
             value = getattr(self, name)
-            if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
-                raise ValueError(f"LLMConfig.{name} must be a finite number >= 0, got {value!r}")
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise ValueError(f"{flag or 'LLMConfig.' + name}: must be a non-negative integer, got {value!r}")
+        for flag, name in (("--llm-timeout", "timeout_s"), (None, "backoff_s"), (None, "max_backoff_s")):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
+                raise ValueError(f"{flag or 'LLMConfig.' + name}: must be a finite number >= 0, got {value!r}")
+        if self.timeout_s == 0:
+            raise ValueError("--llm-timeout: must be more than 0 seconds")
+        try:
+            prompts.load(self.prompt_version)
+        except ValueError as e:
+            raise ValueError(f"LLMConfig.prompt_version: {e}") from None
 
     @property
     def resolved_model(self) -> str:
@@ -100,29 +128,35 @@ class LLMConfig:
 
     @property
     def key_env(self) -> str | None:
-        """The environment variable the key is read from (None: a compatible endpoint without a key)."""
+        """The environment variable the key must come from (None: a compatible endpoint, where a key is
+        optional: `OPENAI_API_KEY` when set, else the placeholder)."""
         return self.api_key_env or DEFAULT_KEY_ENV.get(self.provider)
+
+    @property
+    def resolved_base_url(self) -> str | None:
+        if self.base_url is None:
+            return None
+        url = self.base_url.rstrip("/")
+        return url[:-3] if self.provider == "anthropic" and url.endswith("/v1") else url
 
 
 def llm_available(cfg: LLMConfig) -> tuple[bool, str]:
     """Whether `cfg` can be used, and why not; looks at the configuration, the SDK and the environment
     only (no network call)."""
+    try:
+        cfg.validate()
+    except ValueError as e:
+        return False, str(e)
     sdk = "anthropic" if cfg.provider == "anthropic" else "openai"
     try:
         __import__(sdk)
     except ImportError:
         return False, f"the {sdk} package is not installed (pip install {sdk})"
-    if cfg.provider == "openai-compatible" and not cfg.base_url:
-        return False, "provider 'openai-compatible' needs base_url (e.g. http://localhost:8000/v1)"
     env = cfg.key_env
     if env is not None and not os.environ.get(env):
         return False, f"no {env} set"
     if cfg.max_calls == 0 or cfg.max_tokens == 0:
         return False, "the LLM budget is zero (max_calls or max_tokens)"
-    try:
-        prompts.load(cfg.prompt_version)
-    except ValueError as e:
-        return False, str(e)
     return True, f"{cfg.provider} {cfg.resolved_model} at {cfg.base_url or 'the default endpoint'}"
 
 
@@ -139,18 +173,22 @@ class Exchange:
     error: str | None
     usage: dict | None
     seconds: float
+    rejections: list[Rejection] = field(default_factory=list)  # proposals of the answer that were refused
+    answer_shape: str | None = None  # the answer's layout (`discovery.llm_parse.ANSWER_SHAPES`)
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Exchange:
         """From a stored exchange (extra keys such as `id` or `run_id` are ignored)."""
-        names = [f.name for f in dataclasses.fields(cls)]
-        missing = [n for n in names if n not in data]
+        fields = dataclasses.fields(cls)
+        missing = [f.name for f in fields if f.name not in data and f.default is dataclasses.MISSING
+                   and f.default_factory is dataclasses.MISSING]
         if missing:
             raise ValueError(f"stored exchange lacks {', '.join(missing)}")
-        values = {n: data[n] for n in names}
+        values = {f.name: data[f.name] for f in fields if f.name in data}
         if isinstance(values["usage"], str):
             values["usage"] = json.loads(values["usage"])
         values["seconds"] = float(values["seconds"] or 0.0)
+        values["rejections"] = [tuple(r) for r in values.get("rejections") or []]
         return cls(**values)
 
     def to_dict(self) -> dict:
@@ -182,7 +220,7 @@ class LLMProposer:
         """client: a ready SDK client (else one is built on the first call, with `http_client` when given);
         sleep: the backoff wait (tests pass a recorder); replay: stored exchanges answered in order
         instead of calling the API."""
-        prompts.load(cfg.prompt_version)  # a bad template version is a configuration error: fail now
+        cfg.validate()  # a bad configuration fails now, not at the first call
         self.cfg = cfg
         self.name = f"llm/{cfg.provider}"
         self._client = client
@@ -219,7 +257,7 @@ class LLMProposer:
             if usage is None:
                 continue
             self.calls += 1
-            self.tokens += int(usage.get("total_tokens", 0) or 0)
+            self.tokens += _count(usage.get("total_tokens"))
 
     def stats(self) -> dict:
         return {"calls": self.calls, "tokens": self.tokens, "attempts": self.attempts, "retries": self.retries,
@@ -271,9 +309,9 @@ class LLMProposer:
         prefix = f"llm{self.calls}"
         budget_left = self.cfg.max_tokens - self.tokens - self._estimate(rendered.system + rendered.prompt)
         max_output = max(1, min(self.cfg.max_output_tokens, budget_left))
-        answer, usage, error, attempts = self._call(rendered, max_output)
+        answer, usage, error, attempts = self._call(rendered, max_output, start)
         exchange = Exchange(self.name, self.cfg.resolved_model, rendered.version, rendered.system,
-                            rendered.prompt, answer, error, usage, self._clock() - start)
+                            rendered.prompt, _capped(answer), error, usage, self._clock() - start)
         if error is not None:
             self.failures += 1
             log.warning("LLM call %d failed: %s", self.calls, error)
@@ -281,9 +319,8 @@ class LLMProposer:
                 self.gave_up = f"{self.failures} calls in a row failed; last: {error}"
             return Proposal([], [], exchange, attempts)
         self.failures = 0
-        self.tokens += int(usage.get("total_tokens", 0))
-        candidates, rejections = self._parse(answer, prefix, context)
-        return Proposal(candidates, rejections, exchange, attempts)
+        self.tokens += usage["total_tokens"]
+        return self._answered(exchange, prefix, context, attempts)
 
     def _propose_replay(self, rendered: RenderedPrompt, context: PromptContext) -> Proposal:
         if self._replay_position >= len(self._replay):
@@ -298,19 +335,27 @@ class LLMProposer:
         if exchange.usage is None:  # no request was made for it (budget, gave up)
             return Proposal([], [], exchange, 0)
         self.calls += 1
-        self.attempts += int(exchange.usage.get("attempts", 1))
-        if exchange.error is not None or exchange.answer is None:
+        self.attempts += _count(exchange.usage.get("attempts", 1))
+        if exchange.answer is None:
             return Proposal([], [], exchange, 0)
-        self.tokens += int(exchange.usage.get("total_tokens", 0))
-        candidates, rejections = self._parse(exchange.answer, f"llm{self.calls}", context)
-        return Proposal(candidates, rejections, exchange, 0)
+        self.tokens += _count(exchange.usage.get("total_tokens"))
+        return self._answered(dataclasses.replace(exchange, error=None), f"llm{self.calls}", context, 0)
 
-    def _parse(self, answer: str, prefix: str, context: PromptContext) -> tuple[list[Candidate], list[Rejection]]:
-        candidates, rejections = parse_candidates(answer, name_prefix=prefix, max_complexity=context.max_complexity,
-                                                  validate=self.cfg.validate)
-        if rejections:
-            log.info("LLM call %s: %d objective(s) parsed, %d rejected", prefix, len(candidates), len(rejections))
-        return candidates, rejections
+    def _answered(self, exchange: Exchange, prefix: str, context: PromptContext, attempts: int) -> Proposal:
+        """Parse an answer; its refused proposals (and, when nothing usable came, the reason) go on the exchange."""
+        parsed = self._parse(exchange.answer, prefix, context)
+        exchange.rejections, exchange.answer_shape = parsed.rejections, parsed.shape
+        if not parsed.candidates:
+            exchange.error = f"answer rejected: {parsed.rejections[0][1]}" if parsed.rejections else "answer rejected"
+        return Proposal(parsed.candidates, parsed.rejections, exchange, attempts)
+
+    def _parse(self, answer: str, prefix: str, context: PromptContext) -> ParsedAnswer:
+        parsed = read_answer(answer, name_prefix=prefix, max_complexity=context.max_complexity,
+                             validate=self.cfg.check_validity)
+        if parsed.rejections:
+            log.info("LLM call %s: %d objective(s) parsed, %d rejected", prefix, len(parsed.candidates),
+                     len(parsed.rejections))
+        return parsed
 
     def _refused(self, rendered: RenderedPrompt, reason: str, start: float) -> Proposal:
         exchange = Exchange(self.name, self.cfg.resolved_model, rendered.version, rendered.system, rendered.prompt,
@@ -337,14 +382,17 @@ class LLMProposer:
         return math.ceil(len(text or "") / CHARS_PER_TOKEN)
 
     # ------------------------------------------------------------------------------------------- calls
-    def _call(self, rendered: RenderedPrompt, max_output: int) -> tuple[str | None, dict | None, str | None, int]:
-        """(answer, usage, error, attempts) of one call, with bounded retries."""
+    def _call(self, rendered: RenderedPrompt, max_output: int,
+              start: float) -> tuple[str | None, dict | None, str | None, int]:
+        """(answer, usage, error, attempts) of one call, with bounded retries, within the call's deadline."""
+        deadline = start + self.cfg.timeout_s
         attempts, error = 0, None
         for attempt in range(self.cfg.max_retries + 1):
             attempts += 1
             self.attempts += 1
             try:
-                answer, usage = self._request(rendered, max_output)
+                answer, usage = _within(deadline - self._clock(), self._request, rendered, max_output,
+                                        deadline - self._clock())
                 usage["attempts"] = attempts
                 return answer, usage, None, attempts
             except Exception as e:  # noqa: BLE001 - classified below; nothing escapes
@@ -354,6 +402,9 @@ class LLMProposer:
                 if not retry or attempt == self.cfg.max_retries:
                     break
                 delay = min(self.cfg.max_backoff_s, wait if wait is not None else self.cfg.backoff_s * 2 ** attempt)
+                if self._clock() + delay >= deadline:
+                    error += f"; no time left for a retry within the {self.cfg.timeout_s:g} s deadline"
+                    break
                 self.retries += 1
                 log.info("LLM request failed (%s); retry %d/%d in %.1f s", error, attempt + 1,
                          self.cfg.max_retries, delay)
@@ -365,7 +416,7 @@ class LLMProposer:
         message = _short(f"{type(e).__name__}: {e}")
         status = getattr(e, "status_code", None)
         kind = _sdk_kind(e)
-        if kind == "timeout":
+        if isinstance(e, _Deadline) or kind == "timeout":
             return f"timeout after {self.cfg.timeout_s:g} s: {message}", True, None, False
         if kind == "connection":
             return f"connection error: {message}", True, None, False
@@ -377,13 +428,13 @@ class LLMProposer:
             return f"unexpected response: {_short(str(e))}", False, None, False
         return f"unexpected error: {message}", False, None, False
 
-    def _request(self, rendered: RenderedPrompt, max_output: int) -> tuple[str, dict]:
+    def _request(self, rendered: RenderedPrompt, max_output: int, timeout: float) -> tuple[str, dict]:
         client = self._get_client()
         cfg = self.cfg
         if cfg.provider == "anthropic":
             response = client.messages.create(
                 model=cfg.resolved_model, max_tokens=max_output, system=rendered.system,
-                messages=[{"role": "user", "content": rendered.prompt}])
+                messages=[{"role": "user", "content": rendered.prompt}], timeout=timeout)
         else:
             kwargs: dict[str, Any] = {
                 "model": cfg.resolved_model,
@@ -394,16 +445,17 @@ class LLMProposer:
             kwargs["max_completion_tokens" if cfg.provider == "openai" else "max_tokens"] = max_output
             if cfg.temperature is not None:
                 kwargs["temperature"] = cfg.temperature
-            response = client.chat.completions.create(**kwargs)
+            response = client.chat.completions.create(**kwargs, timeout=timeout)
         try:
             answer, prompt_tokens, completion_tokens, stop_reason = _read_response(cfg.provider, response)
         except Exception as e:  # noqa: BLE001
             raise _BadResponse(f"{type(e).__name__}: {e}") from None
         record: dict[str, Any] = {}
-        if not (isinstance(prompt_tokens, int) and isinstance(completion_tokens, int)):
+        if not (_is_int(prompt_tokens) and _is_int(completion_tokens)):
             prompt_tokens = self._estimate(rendered.system + rendered.prompt)
             completion_tokens = self._estimate(answer)
             record["estimated"] = True
+        prompt_tokens, completion_tokens = _count(prompt_tokens), _count(completion_tokens)
         record.update(prompt_tokens=prompt_tokens, completion_tokens=completion_tokens,
                       total_tokens=prompt_tokens + completion_tokens,
                       stop_reason=None if stop_reason is None else str(stop_reason))
@@ -419,7 +471,7 @@ class LLMProposer:
         cfg = self.cfg
         env = cfg.key_env
         if env is None:
-            key = PLACEHOLDER_KEY
+            key = os.environ.get(DEFAULT_KEY_ENV["openai"]) or PLACEHOLDER_KEY
         else:
             key = os.environ.get(env)
             if not key:
@@ -428,7 +480,7 @@ class LLMProposer:
         if self._http_client is not None:
             kwargs["http_client"] = self._http_client
         if cfg.base_url:
-            kwargs["base_url"] = cfg.base_url
+            kwargs["base_url"] = cfg.resolved_base_url
         elif cfg.provider == "openai-compatible":
             raise _GiveUp("provider 'openai-compatible' needs base_url")
         try:
@@ -501,8 +553,52 @@ def _retry_after(e: Exception) -> float | None:
     return None
 
 
+class _Deadline(Exception):
+    """The call's wall-clock deadline passed before the answer was complete."""
+
+
+def _within(seconds: float, fn: Callable, *args) -> Any:
+    """fn(*args) in a daemon thread, waited for at most `seconds`; past that the thread is left to finish
+    (the SDK's per-read timeout ends it) and _Deadline is raised."""
+    if seconds <= 0:
+        raise _Deadline("no time left")
+    result: dict[str, Any] = {}
+
+    def target():
+        try:
+            result["value"] = fn(*args)
+        except BaseException as e:  # noqa: BLE001 - handed to the caller
+            result["error"] = e
+
+    worker = threading.Thread(target=target, name="llm-request", daemon=True)
+    worker.start()
+    worker.join(seconds)
+    if worker.is_alive():
+        raise _Deadline("the answer was not complete by the deadline")
+    if "error" in result:
+        raise result["error"]
+    return result["value"]
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _count(value: Any) -> int:
+    """A token or attempt count from outside: an integer >= 0 (anything else counts 0)."""
+    return max(int(value), 0) if _is_int(value) or isinstance(value, float) and math.isfinite(value) else 0
+
+
+def _capped(answer: str | None) -> str | None:
+    """An answer as stored: cut past MAX_ANSWER_CHARS (still longer than the limit, so a replay refuses it
+    with the same reason)."""
+    if answer is None or len(answer) <= MAX_ANSWER_CHARS:
+        return answer
+    return answer[:MAX_ANSWER_CHARS] + f"\n[... cut: the answer had {len(answer)} characters]"
+
+
 def _short(text: str) -> str:
-    text = " ".join(str(text).split())
+    text = " ".join(printable(text).split())
     return text if len(text) <= MAX_ERROR_CHARS else text[:MAX_ERROR_CHARS - 3] + "..."
 
 

@@ -1,7 +1,9 @@
 """Parse an LLM answer into grammar `Objective`s, with a precise reason for everything rejected.
 
-The answer must hold one JSON object `{"objectives": [...]}` (see `prompts/propose_v1.md`).  A ```json
-fence or prose around the object is tolerated; nothing is repaired (no trailing commas, quotes or Python
+The answer should hold one JSON object `{"objectives": [...]}` (see `prompts/propose_v1.md`); one bare
+objective object, or a bare list of them, is accepted too, and `read_answer` says which layout arrived
+(`ANSWER_SHAPES`).  An objective without "shape" takes it from its keys ("loss": free, else mpo).  A ```json
+fence or prose around the JSON is tolerated; nothing is repaired (no trailing commas, quotes or Python
 literals).  Every expression goes through the grammar's safe parser (`grammar.parser.parse`), never
 eval/exec/sympify, then through `grammar.validity.check`.  Before that, a syntax-only screen (`ast`, nothing
 evaluated) rejects numeric sub-expressions whose exact value would have more than `MAX_NUMBER_DIGITS`
@@ -16,7 +18,7 @@ import json
 import math
 import re
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import sympy
 
@@ -25,6 +27,7 @@ from grammar.language import CONSTANTS_BY_NAME, POW_LIMIT, GrammarError
 from grammar.objective import MPO_PARTS, Objective
 from grammar.parser import MAX_DEPTH, MAX_TEXT_CHARS, parse
 from grammar.validity import check
+from discovery.text import printable
 
 MAX_ANSWER_CHARS = 100_000
 MAX_OBJECTIVES = 16  # per answer; the rest are rejected
@@ -34,10 +37,11 @@ MAX_NUMBER_DIGITS = 1000  # bound on the digits of any number sympy would fold w
 MAX_JSON_STARTS = 20  # places in the answer where the JSON object is looked for
 REQUIRED = {"mpo": ("g",), "free": ("loss",)}  # phi_inv, psi, imitation default as in `Objective.mpo`
 EXPRESSION_KEYS = {"mpo": MPO_PARTS, "free": ("loss",)}
-OTHER_KEYS = ("shape", "constants", "rationale")
+OTHER_KEYS = ("shape", "constants", "rationale", "name")  # a proposal's own name is not used
+ANSWER_SHAPES = ("wrapper", "bare", "list")  # {"objectives": [...]}, one objective object, [objective, ...]
 
 _FENCE = re.compile(r"```[ \t]*([A-Za-z0-9_-]*)[ \t]*\n(.*?)```", re.DOTALL)
-_OBJECTIVES_KEY = re.compile(r'\{\s*"objectives"\s*:')
+_OBJECT_START = re.compile(r'\{\s*"(objectives|shape|name|loss|%s)"\s*:' % "|".join(MPO_PARTS))
 
 Rejection = tuple[str, str]  # (snippet of the offending text, reason)
 
@@ -46,6 +50,12 @@ Rejection = tuple[str, str]  # (snippet of the offending text, reason)
 class Candidate:
     objective: Objective
     rationale: str
+
+
+class ParsedAnswer(NamedTuple):
+    candidates: list[Candidate]
+    rejections: list[Rejection]
+    shape: str | None  # one of ANSWER_SHAPES, None when no JSON of any of them was found
 
 
 class _Reject(Exception):
@@ -70,38 +80,49 @@ def parse_answer(text: str, *, name_prefix: str = "llm", max_complexity: float |
 def parse_candidates(text: str, *, name_prefix: str = "llm", max_complexity: float | None = None,
                      validate: bool = True) -> tuple[list[Candidate], list[Rejection]]:
     """As `parse_answer`, keeping each objective's rationale."""
+    return read_answer(text, name_prefix=name_prefix, max_complexity=max_complexity, validate=validate)[:2]
+
+
+def read_answer(text: str, *, name_prefix: str = "llm", max_complexity: float | None = None,
+                validate: bool = True) -> ParsedAnswer:
+    """As `parse_candidates`, and the layout the answer came in."""
     try:
-        items = _objective_items(text)
+        items, shape = _objective_items(text)
     except _Reject as e:
-        return [], [(_snippet(text), str(e))]
+        return ParsedAnswer([], [(_snippet(text), str(e))], None)
     except Exception as e:  # noqa: BLE001 - a bad answer must never crash the search
-        return [], [(_snippet(text), f"internal error reading the answer: {type(e).__name__}: {e}")]
+        return ParsedAnswer([], [(_snippet(text), f"internal error reading the answer: {type(e).__name__}: {e}")],
+                            None)
     candidates, rejections = [], []
     for i, item in enumerate(items, 1):
         if i > MAX_OBJECTIVES:
-            rejections.append((_snippet(item), f"objective {i}: beyond the limit of {MAX_OBJECTIVES} "
+            rejections.append((_snippet(item), f"objectives {i}-{len(items)}: beyond the limit of {MAX_OBJECTIVES} "
                                                f"objectives per answer"))
-            continue
+            break
         try:
             candidates.append(_candidate(item, f"{name_prefix}-{i}", max_complexity, validate))
         except _Reject as e:
             rejections.append((_snippet(item), f"objective {i}: {e}"))
         except Exception as e:  # noqa: BLE001 - a bad answer must never crash the search
             rejections.append((_snippet(item), f"objective {i}: internal error: {type(e).__name__}: {e}"))
-    return candidates, rejections
+    return ParsedAnswer(candidates, rejections, shape)
 
 
 # ---------------------------------------------------------------------------------------- the JSON
-def _objective_items(text: Any) -> list:
+def _objective_items(text: Any) -> tuple[list, str]:
     if not isinstance(text, str):
         raise _Reject(f"the answer is not text but {type(text).__name__}")
     if not text.strip():
         raise _Reject("empty answer")
-    if len(text) > MAX_ANSWER_CHARS:
-        raise _Reject(f"answer is {len(text)} characters long; the limit is {MAX_ANSWER_CHARS}")
+    if len(text) > MAX_ANSWER_CHARS:  # the same words for a capped stored answer: replay gives the same reason
+        raise _Reject(f"answer is longer than the limit of {MAX_ANSWER_CHARS} characters")
     data = _load_answer(text)
+    if isinstance(data, list) and _is_answer(data):
+        return data, "list"
     if not isinstance(data, dict):
         raise _Reject(f"the answer must be a JSON object {{\"objectives\": [...]}}, got {_kind(data)}")
+    if "objectives" not in data and _looks_like_objective(data):
+        return [data], "bare"
     unknown = sorted(set(data) - {"objectives"})
     if unknown:
         raise _Reject(f"unknown top-level key(s) {', '.join(map(repr, unknown))}; only 'objectives' is allowed")
@@ -112,19 +133,30 @@ def _objective_items(text: Any) -> list:
         raise _Reject(f"'objectives' must be a list, got {_kind(items)}")
     if not items:
         raise _Reject("'objectives' is empty")
-    return items
+    return items, "wrapper"
+
+
+def _is_answer(data: Any) -> bool:
+    """The wrapper object, or a list of objectives."""
+    if isinstance(data, list):
+        return bool(data) and all(_looks_like_objective(item) for item in data)
+    return isinstance(data, dict) and "objectives" in data
+
+
+def _looks_like_objective(data: Any) -> bool:
+    return isinstance(data, dict) and any(k in data for k in ("shape", *MPO_PARTS, "loss"))
 
 
 def _regions(text: str) -> list[str]:
-    """Where the JSON object may start, in order: the body of each ```json (or bare) fence holding a '{';
-    each `{"objectives":` in the text (prose before the object may hold braces too); the first '[' when
-    it comes before the first '{' (to say the answer is a list); the first '{'."""
+    """Where the JSON may start, in order: the body of each ```json (or bare) fence holding a '{'; the first
+    '[' when it comes before the first '{'; each `{"objectives":` or `{"<objective key>":` in the text (prose
+    before the object may hold braces too); the first '{'."""
     regions = [m.group(2).strip() for m in _FENCE.finditer(text)
                if m.group(1).lower() in ("", "json") and "{" in m.group(2)]
-    regions += [text[m.start():] for m in _OBJECTIVES_KEY.finditer(text)]
     brace, bracket = text.find("{"), text.find("[")
     if 0 <= bracket and (brace < 0 or bracket < brace):
         regions.append(text[bracket:])
+    regions += [text[m.start():] for m in _OBJECT_START.finditer(text)]
     if brace >= 0:
         regions.append(text[brace:])
     if not regions:
@@ -133,21 +165,22 @@ def _regions(text: str) -> list[str]:
 
 
 def _load_answer(text: str) -> Any:
-    """The first region that decodes to an object with 'objectives'; else the first that decodes at all;
-    else the first region's decoding error.  An object followed by more JSON is an error at once."""
+    """The first region that decodes to an object with 'objectives' or a list of objectives; else the first
+    that decodes at all; else the first region's decoding error.  An answer or an objective followed by more
+    JSON is an error at once."""
     first_error, first_data = None, None
     for region in _regions(text):
         try:
             data = _load_json(region)
         except _ExtraData as e:
-            if isinstance(e.data, dict) and "objectives" in e.data:  # the answer, followed by more JSON
+            if _is_answer(e.data) or _looks_like_objective(e.data):
                 raise
             first_error = first_error or e
             continue
         except _Reject as e:
             first_error = first_error or e
             continue
-        if isinstance(data, dict) and "objectives" in data:
+        if _is_answer(data):
             return data
         if first_data is None:
             first_data = (data,)
@@ -187,7 +220,9 @@ def _load_json(region: str) -> Any:
 def _candidate(item: Any, name: str, max_complexity: float | None, validate: bool) -> Candidate:
     if not isinstance(item, dict):
         raise _Reject(f"must be a JSON object, got {_kind(item)}")
-    shape = item.get("shape")
+    shape = item.get("shape", "free" if "loss" in item else "mpo" if any(k in item for k in MPO_PARTS) else None)
+    if shape is None:
+        raise _Reject("cannot tell the shape: give \"shape\" with \"g\" (mpo) or \"loss\" (free)")
     if shape not in EXPRESSION_KEYS:
         raise _Reject(f"'shape' must be \"mpo\" or \"free\", got {json.dumps(shape)}")
     allowed = (*OTHER_KEYS, *EXPRESSION_KEYS[shape])
@@ -321,5 +356,5 @@ def _kind(value: Any) -> str:
 
 def _snippet(value: Any) -> str:
     text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False, default=str)
-    text = " ".join(text.split())
+    text = " ".join(printable(text).split())
     return text if len(text) <= SNIPPET_CHARS else text[:SNIPPET_CHARS - 3] + "..."

@@ -21,6 +21,7 @@ from typing import Any, Mapping, NamedTuple, Sequence
 
 import prompts
 from discovery.llm_parse import MAX_OBJECTIVES
+from discovery.text import printable
 from grammar.language import (
     CONSTANTS, MAX_LITERAL, OPERATORS, PART_NAMES, POW_LIMIT, SIDE_NAMES, VARIABLE_DOCS,
 )
@@ -31,7 +32,7 @@ from grammar.probes import LENGTH_RANGE, LOGP_MEAN_RANGE, LOGP_SUM_RANGE
 PROMPT_VERSION = "propose_v1"
 DEFAULT_N_WANTED = 4
 MAX_ENTRIES = 10  # elites and inspirations shown
-MAX_REJECTIONS = 12  # most recent rejection reasons shown
+MAX_REJECTIONS = 12  # rejection lines shown, the most recent
 MAX_LINE_CHARS = 300
 _SECTION = re.compile(r"^=== (system|user) ===[ \t]*$", re.MULTILINE)
 
@@ -52,7 +53,8 @@ class PromptContext:
 
     elites / inspirations: mappings with `formula` (grammar text, an `Objective` or its `to_dict()`),
     `fitness` (mean normalised return), `ci` (half-width, or a (low, high) pair), `descriptors`
-    (name -> value) and optionally `name`.  rejections: recent reasons, as text or (snippet, reason).
+    (name -> value) and optionally `name`.  rejections: recent reasons, as text or (snippet, reason)
+    (the search passes a few grouped kinds per proposer).
     best_baseline: (name, score).  n_wanted: objectives asked for (None: the proposer's default).
     """
 
@@ -219,5 +221,5 @@ def _baseline(best: tuple[str, float] | None) -> str:
 
 
 def _line(text: str, limit: int = MAX_LINE_CHARS) -> str:
-    text = " ".join(str(text).split())
+    text = " ".join(printable(text).split())
     return text if len(text) <= limit else text[:limit - 3] + "..."

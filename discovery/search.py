@@ -14,7 +14,11 @@ Everything a generation produces (candidates, rejections, ES state, counters) is
 transaction, so a killed process loses at most the generation in flight, and `resume` recomputes it
 exactly: every random choice derives from (seed, generation) and the committed archive. The same seed
 on the same backend therefore gives the same archive (under an evaluation budget; a time budget stops
-wherever the clock says).
+wherever the clock says).  A generation trains no more candidates than the evaluation budget has left.
+
+A run has one writer at a time (`ArchiveStore.lock_run`, taken by `start` and `resume`, released by
+`close`).  A resumed run keeps its stored configuration; only the settings in `RESUMABLE` may change, and
+those changes are kept for later resumes.
 """
 
 from __future__ import annotations
@@ -23,15 +27,17 @@ import dataclasses
 import subprocess
 import time
 import typing
+from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Callable, Mapping
+from typing import Any, Callable, Iterator, Mapping
 
 import numpy as np
 
 from archive.descriptors import DescriptorError, describe, parse_descriptor_specs
 from archive.qd import HallOfFame, QDArchive
+from archive.rejections import group_rejections
 from archive.store import ArchiveStore, dedupe_key
-from discovery.es import ConstantSearch, ESConfig
+from discovery.es import STRATEGIES, ConstantSearch, ESConfig
 from discovery.gp import GPConfig, tournament, vary
 from discovery.llm import LLMConfig, LLMProposer, llm_available
 from discovery.llm_prompt import PromptContext
@@ -44,7 +50,36 @@ from grammar.zoo import ZOO
 PROPOSERS = ("gp", "es", "llm")
 ZOO_ORIGIN = "zoo"
 MAX_GP_ATTEMPTS = 6  # x batch: proposals tried per GP generation before giving up on a full batch
-RECENT_REJECTIONS = 12
+FEEDBACK_WINDOW = 50  # latest rejections per proposer that the LLM's feedback is grouped from
+FEEDBACK_KINDS = 3  # kinds of rejection fed back per proposer
+CHANGES_KEY = "config_changes"  # state: the settings changed on resume
+
+# The `discover run` option of each setting (dotted path into `SearchConfig.to_dict()`): errors name it,
+# and a resumed run checks explicit options against the stored values.
+OPTIONS: Mapping[str, str] = {
+    "fitness.tasks": "--task", "fitness.datasets": "--dataset", "fitness.seeds": "--seeds",
+    "fitness.episodes": "--episodes", "fitness.train.steps": "--steps", "fitness.dataset.n_pairs": "--pairs",
+    "fitness.dataset.segment_length": "--segment-length", "fitness.reference.steps": "--reference-steps",
+    "fitness.batch": "--batch", "fitness.backend": "--backend", "max_evaluations": "--budget-evals",
+    "max_seconds": "--budget-minutes", "weights.gp": "--gp", "weights.es": "--es", "weights.llm": "--llm",
+    "llm.provider": "--llm-provider", "llm.model": "--llm-model", "llm.base_url": "--llm-base-url",
+    "llm.max_calls": "--llm-max-calls", "llm.timeout_s": "--llm-timeout", "es.strategy": "--es-strategy",
+    "descriptors": "--descriptors", "baselines": "--baseline", "top_k": "--top-k", "fresh_seeds": "--fresh-seeds",
+    "seed": "--seed",
+}
+RESUMABLE = ("max_evaluations", "max_seconds", "llm.max_calls", "llm.timeout_s")  # may change on resume
+_FITNESS_OPTIONS = {"tasks": "--task", "datasets": "--dataset", "dataset": "--pairs/--segment-length",
+                    "reference": "--reference-steps", "backend": "--backend", "seeds": "--seeds",
+                    "episodes": "--episodes", "batch": "--batch"}  # FitnessConfig field -> option
+
+
+@contextmanager
+def _option(flag: str) -> Iterator[None]:
+    """Prefix an error raised inside with the option it is about."""
+    try:
+        yield
+    except (ValueError, KeyError) as e:
+        raise ValueError(f"{flag}: {e.args[0] if isinstance(e, KeyError) else e}") from None
 
 
 @dataclass(frozen=True)
@@ -64,20 +99,40 @@ class SearchConfig:
     fresh_seeds: int = 5
 
     def validate(self) -> None:
-        self.fitness.validate()
-        parse_descriptor_specs(self.descriptors)
+        """Raise ValueError naming the `discover run` option (`OPTIONS`) of the first bad setting; nothing
+        is built or opened."""
+        fc = self.fitness
+        for name, flag in _FITNESS_OPTIONS.items():  # each setting on its own, so the error names its option
+            with _option(flag):
+                dataclasses.replace(FitnessConfig(), **{name: getattr(fc, name)}).validate()
+        fc.validate()
+        for flag, value, low in (("--steps", fc.train.steps, 1), ("--top-k", self.top_k, 1),
+                                 ("--fresh-seeds", self.fresh_seeds, 2)):
+            if value < low:
+                raise ValueError(f"{flag}: must be at least {low}, got {value}")
+        with _option("--descriptors"):
+            parse_descriptor_specs(self.descriptors)
         unknown = [n for n in self.weights if n not in PROPOSERS]
         if unknown:
             raise ValueError(f"unknown proposer(s) {', '.join(unknown)}; choose from {', '.join(PROPOSERS)}")
-        if any(w < 0 for w in self.weights.values()) or sum(self.weights.values()) <= 0:
-            raise ValueError("proposer weights must be >= 0 with a positive sum")
+        for name, weight in self.weights.items():
+            if not weight >= 0:
+                raise ValueError(f"--{name}: a proposer weight must be >= 0, got {weight}")
+        if sum(self.weights.values()) <= 0:
+            raise ValueError("--gp/--es/--llm: every proposer weight is 0; give at least one a positive weight")
         missing = [n for n in self.baselines if n not in ZOO]
         if missing:
-            raise ValueError(f"unknown baseline(s) {', '.join(missing)}; the zoo has {', '.join(ZOO)}")
+            raise ValueError(f"--baseline: unknown {', '.join(map(repr, missing))}; the zoo has {', '.join(ZOO)}")
         if self.max_evaluations is None and self.max_seconds is None:
-            raise ValueError("give a budget: max_evaluations, max_seconds or both")
-        if self.top_k < 1 or self.fresh_seeds < 2:
-            raise ValueError("top_k must be >= 1 and fresh_seeds >= 2")
+            raise ValueError("--budget-evals/--budget-minutes: both are 0 (no limit): give at least one budget")
+        if self.max_evaluations is not None and self.max_evaluations < 1:
+            raise ValueError(f"--budget-evals: must be at least 1 (0: no limit), got {self.max_evaluations}")
+        if self.max_seconds is not None and not self.max_seconds > 0:
+            raise ValueError(f"--budget-minutes: must be more than 0 (0: no limit), got {self.max_seconds / 60:g}")
+        if self.es.strategy not in STRATEGIES:
+            raise ValueError(f"--es-strategy: unknown strategy {self.es.strategy!r}; "
+                             f"use one of {', '.join(STRATEGIES)}")
+        self.llm.validate()
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self) | {"weights": dict(self.weights)}
@@ -85,6 +140,26 @@ class SearchConfig:
     @classmethod
     def from_dict(cls, data: Mapping) -> SearchConfig:
         return _from_dict(cls, data)
+
+    def get(self, setting: str) -> Any:
+        """A setting by its dotted path in `to_dict()` (e.g. "fitness.tasks"), as JSON stores it."""
+        value: Any = self.to_dict()
+        for key in setting.split("."):
+            if value is None:  # an optional part left at its default (e.g. each task's suite dataset)
+                return None
+            value = value[key]
+        return list(value) if isinstance(value, tuple) else value
+
+    def with_settings(self, settings: Mapping[str, Any]) -> SearchConfig:
+        """A copy with settings changed by dotted path."""
+        data = self.to_dict()
+        for setting, value in settings.items():
+            *parents, last = setting.split(".")
+            node = data
+            for key in parents:
+                node = node[key]
+            node[last] = value
+        return SearchConfig.from_dict(data)
 
 
 def _from_dict(cls, data: Mapping):
@@ -95,6 +170,12 @@ def _from_dict(cls, data: Mapping):
         if f.name not in data:
             continue
         value, hint = data[f.name], hints[f.name]
+        optional = [a for a in typing.get_args(hint) if a is not type(None)]
+        if len(optional) == 1 and dataclasses.is_dataclass(optional[0]):  # `SomeConfig | None`
+            if value is None:
+                kwargs[f.name] = None
+                continue
+            hint = optional[0]
         if dataclasses.is_dataclass(hint):
             value = _from_dict(hint, value)
         elif typing.get_origin(hint) is tuple and isinstance(value, list):
@@ -189,8 +270,9 @@ class Search:
         if cfg.weights.get("llm", 0) > 0:
             given = llm_client is not None or llm_http_client is not None or llm_replay is not None
             ok, why = (True, "") if given else llm_available(cfg.llm)
-            if ok:
-                self.llm = LLMProposer(cfg.llm, client=llm_client, http_client=llm_http_client, replay=llm_replay)
+            if ok:  # the validity check runs in screening, where a failure becomes a rejected candidate
+                self.llm = LLMProposer(dataclasses.replace(cfg.llm, check_validity=False), client=llm_client,
+                                       http_client=llm_http_client, replay=llm_replay)
                 self.llm.restore_budget(store.exchanges(run_id))  # calls and tokens spent before a resume
             else:
                 self.llm_note = f"LLM proposer off: {why}"
@@ -200,24 +282,51 @@ class Search:
     @classmethod
     def start(cls, store: ArchiveStore, cfg: SearchConfig, **kw) -> Search:
         cfg.validate()
-        run_id = store.create_run(cfg.to_dict(), cfg.seed, code_version())
+        with store.transaction():
+            run_id = store.create_run(cfg.to_dict(), cfg.seed, code_version())
+            store.lock_run(run_id)
         return cls(store, run_id, cfg, **kw)
 
+    @staticmethod
+    def stored_config(store: ArchiveStore, run_id: int) -> SearchConfig:
+        """The configuration a resumed run continues with: as started, with the changes of earlier resumes."""
+        changes = store.get_state(run_id, CHANGES_KEY, {})
+        return SearchConfig.from_dict(store.run(run_id)["config"]).with_settings(changes)
+
     @classmethod
-    def resume(cls, store: ArchiveStore, run_id: int | None = None, *, max_evaluations: int | None = None,
-               max_seconds: float | None = None, **kw) -> Search:
+    def resume(cls, store: ArchiveStore, run_id: int | None = None, *, changes: Mapping[str, Any] | None = None,
+               **kw) -> Search:
+        """Continue a run (default: the latest) with its stored configuration.  `changes` (dotted setting ->
+        value) may touch only `RESUMABLE` settings; they are kept for later resumes.  Raises ArchiveError
+        when another process writes the run."""
         run = store.run(run_id) if run_id is not None else store.latest_run()
         if run is None:
             raise ValueError("the archive holds no run to resume")
-        budget = store.get_state(run["id"], "budget", {})
-        if max_evaluations is not None or max_seconds is not None:  # a resumed run may get a larger budget
-            budget = {"max_evaluations": max_evaluations or budget.get("max_evaluations"),
-                      "max_seconds": max_seconds or budget.get("max_seconds")}
-            store.put_state(run["id"], "budget", budget)
-        cfg = SearchConfig.from_dict({**run["config"], **{k: v for k, v in budget.items() if v is not None}})
+        changes = dict(changes or {})
+        for setting in changes:
+            if setting not in RESUMABLE:
+                raise ValueError(f"{OPTIONS.get(setting, setting)}: a resumed run keeps its stored setting; only "
+                                 f"{', '.join(OPTIONS[r] for r in RESUMABLE)} may change")
+        cfg = cls.stored_config(store, run["id"]).with_settings(changes)
         cfg.validate()
-        store.set_run_status(run["id"], "running")
+        with store.transaction():
+            store.lock_run(run["id"])
+            if changes:
+                store.put_state(run["id"], CHANGES_KEY, {**store.get_state(run["id"], CHANGES_KEY, {}), **changes})
+            store.set_run_status(run["id"], "running")
         return cls(store, run["id"], cfg, **kw)
+
+    def close(self) -> None:
+        """Release the run lock (and the LLM client); the store stays open."""
+        if self.llm is not None:
+            self.llm.close()
+        self.store.unlock_run(self.run_id)
+
+    def __enter__(self) -> Search:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
     # ------------------------------------------------------------------ budget and counters
     @property
@@ -232,6 +341,22 @@ class Search:
     def evaluations(self) -> int:
         """Candidates trained so far, baselines excluded."""
         return int(self.store.get_state(self.run_id, "evaluations", {"count": 0})["count"])
+
+    def evaluations_left(self) -> int | None:
+        """What the evaluation budget has left (None: no such budget)."""
+        if self.cfg.max_evaluations is None:
+            return None
+        return max(0, self.cfg.max_evaluations - self.evaluations())
+
+    def room(self) -> int:
+        """Candidates a GP or LLM generation may train: the batch, or less when the budget has less left."""
+        left = self.evaluations_left()
+        return self.cfg.fitness.batch if left is None else min(self.cfg.fitness.batch, left)
+
+    def trained(self) -> int:
+        """Objectives trained so far, baselines included (for the rate of the live view)."""
+        counts = self.store.status_counts(self.run_id)
+        return counts["evaluated"] + counts["failed"]
 
     def budget_left(self) -> bool:
         cfg = self.cfg
@@ -258,7 +383,8 @@ class Search:
 
     # ------------------------------------------------------------------ one generation
     def run(self, on_generation: Callable[[Generation], None] | None = None) -> list[Generation]:
-        """Generations until the budget is spent. KeyboardInterrupt leaves the run resumable."""
+        """Generations until the budget is spent. KeyboardInterrupt leaves the run resumable ("interrupted"),
+        any other exception marks it "failed" (resumable too)."""
         done = []
         try:
             while self.budget_left():
@@ -268,6 +394,9 @@ class Search:
                     on_generation(g)
         except KeyboardInterrupt:
             self.store.set_run_status(self.run_id, "interrupted")
+            raise
+        except Exception:
+            self.store.set_run_status(self.run_id, "failed")
             raise
         return done
 
@@ -303,11 +432,7 @@ class Search:
         with self.store.transaction():
             exchange_id = None
             if pending.exchange is not None:
-                ex = pending.exchange
-                exchange_id = self.store.add_exchange(
-                    self.run_id, proposer=ex.proposer, model=ex.model, prompt_version=ex.prompt_version,
-                    system=ex.system, prompt=ex.prompt, answer=ex.answer, error=ex.error, usage=ex.usage,
-                    seconds=ex.seconds)
+                exchange_id = self.store.add_exchange(self.run_id, **pending.exchange.to_dict())
             trained = 0
             for p, fields in pending.rows:
                 cid = self.store.add_candidate(self.run_id, objective=p.objective, origin=p.origin, generation=g,
@@ -335,7 +460,9 @@ class Search:
         weights = {k: w for k, w in self.cfg.weights.items() if w > 0}
         if "llm" in weights and (self.llm is None or self.llm.exhausted):
             del weights["llm"]
-        if "es" in weights and self._es_root() is None and self._es_campaign() is None:
+        left = self.evaluations_left()
+        if "es" in weights and (left is not None and left < self.cfg.es.population  # ES trains a whole population
+                                or self._es_root() is None and self._es_campaign() is None):
             del weights["es"]
         if not weights:
             return "gp"
@@ -353,9 +480,9 @@ class Search:
         if not pool:
             return []
         fitness = np.array([c["fitness"] for c in pool])
-        out, keys = [], set()
+        out, keys, room = [], set(), self.room()
         for _ in range(MAX_GP_ATTEMPTS * self.cfg.fitness.batch):
-            if len(out) >= self.cfg.fitness.batch:
+            if len(out) >= room:
                 break
             chosen = [pool[i] for i in tournament(fitness, self.cfg.tournament, 2, rng)]
             try:
@@ -372,15 +499,12 @@ class Search:
     def _llm_proposals(self, g: int, pending: _Pending) -> list[Proposed]:
         proposal = self.llm.propose(self._prompt_context())
         ex = pending.exchange = proposal.exchange
-        recent = self.store.get_state(self.run_id, "llm_rejections", [])
-        recent += [f"{snippet}: {reason}" for snippet, reason in proposal.rejections]
-        pending.state["llm_rejections"] = recent[-RECENT_REJECTIONS:]
-        if ex.error:
+        if ex.answer is None:
             pending.report.note = f"LLM call failed: {ex.error}"
             return []
         out = [Proposed(c.objective.replace(name=f"g{g}_{i}"), f"llm:{ex.model}", [], from_llm=True)
-               for i, c in enumerate(proposal.candidates[:self.cfg.fitness.batch])]
-        pending.report.note = f"LLM: {len(out)} proposed, {len(proposal.rejections)} unparseable"
+               for i, c in enumerate(proposal.candidates[:self.room()])]
+        pending.report.note = f"LLM: {len(out)} proposed, {len(proposal.rejections)} refused in the answer"
         return out
 
     def _prompt_context(self) -> PromptContext:
@@ -395,14 +519,22 @@ class Search:
         cells = [self.store.candidate(e.candidate_id) for e in self.qd.elites() if e.candidate_id not in top]
         rng = np.random.default_rng([self.cfg.seed, self.generation, 1])
         inspirations = [entry(cells[i]) for i in rng.permutation(len(cells))[:5]]
-        rejected = self.store.candidates(self.run_id, status="rejected", order_by="id", descending=True, limit=8)
-        reasons = [(c["formula"], c["reason"]) for c in rejected if not c["reason"].startswith("duplicate")]
-        reasons += self.store.get_state(self.run_id, "llm_rejections", [])
         fc = self.cfg.fitness
         return PromptContext(task=",".join(fc.tasks), dataset=",".join(fc.datasets), elites=elites,
-                             inspirations=inspirations, rejections=reasons[-RECENT_REJECTIONS:],
+                             inspirations=inspirations, rejections=self._feedback(),
                              best_baseline=self.best_baseline(), n_wanted=self.cfg.llm.n_wanted,
                              max_complexity=self.cfg.gp.max_complexity)
+
+    def _feedback(self) -> list[str]:
+        """A few kinds of recent rejection per proposer, each with its count and latest example."""
+        rows = self.store.rejections(self.run_id)
+        lines = []
+        for source in PROPOSERS:
+            recent = [r for r in rows if r[0] == source][-FEEDBACK_WINDOW:]
+            groups = [grp for grp in group_rejections(recent) if source == "llm" or grp.kind != "duplicate"]
+            lines += [f"[{source}] {grp.kind}: {grp.count} of the last {len(recent)}; e.g. {grp.snippet} -> "
+                      f"{grp.example}" for grp in groups[:FEEDBACK_KINDS]]
+        return lines
 
     # ------------------------------------------------------------------ screening and training
     def _screen(self, objective: Objective, seen_now: dict) -> tuple[str, dict | None]:
@@ -468,7 +600,7 @@ class Search:
                 except DescriptorError as e:
                     reason = f"descriptor: {e}"
             screened.append((reason, descriptors))
-        evaluations = self.evaluator.evaluate(population, layout="constants")
+        evaluations = self.evaluator.evaluate(population)
         told = []
         for o, (reason, descriptors), ev in zip(population, screened, evaluations):
             pending.add(Proposed(o, f"es:{self.cfg.es.strategy}", [root["id"]]), reason, None if reason else ev,

@@ -8,8 +8,10 @@ The PyTorch and JAX modules define
 (TRL-style inputs: sequence log-likelihood sums; per-step means are computed inside as sum / max(len, 1);
 progress is the training fraction t in [0, 1]).  They import only torch or jax and carry the protected
 operators inline: the very functions in `grammar/ops_torch.py` / `grammar/ops_jax.py`, so the exported
-loss computes what the kernel scored.  The sympy script builds the loss with each protected operator
-replaced by its exact definition (plain sympy: exp, log, Max, Min, Piecewise).
+loss computes what the kernel scored.  The sympy script builds the loss over the same seven inputs (per-step
+means are defined in it as sum / max(len, 1)), each protected operator replaced by its exact definition in
+plain sympy (exp, log, Max, Min, Piecewise), written in the overflow-free form the kernel computes
+(softplus(x) = max(x, 0) + log(1 + e^-|x|), ...), so `lambdify` is finite wherever the kernel is.
 """
 from __future__ import annotations
 
@@ -22,7 +24,7 @@ from sympy.printing.str import StrPrinter
 from grammar import ops_jax, ops_numpy
 from grammar.language import (
     CONSTANT_NAMES, EXP_CLIP, POW_LIMIT, PROTECTED, SAFE_EPS, SYMBOLS, VARIABLES, PhiInv, ProtectedFunction,
-    to_plain_sympy,
+    logsigmoid, sigmoid, softplus,
 )
 from grammar.objective import Objective
 
@@ -209,18 +211,42 @@ def export_latex(objective: Objective) -> str:
                       r"\begin{aligned}", " \\\\\n".join(rows), r"\end{aligned}"]) + "\n"
 
 
+def _softplus_stable(x):
+    return sympy.Max(x, 0) + sympy.log(1 + sympy.exp(-sympy.Abs(x)))
+
+
+# Definitions equal to `ProtectedFunction.definition` but without exp overflow (e^5000 is inf in float64).
+_STABLE = {
+    softplus: _softplus_stable,
+    logsigmoid: lambda x: -_softplus_stable(-x),
+    sigmoid: lambda x: sympy.exp(sympy.Min(x, 0)) / (1 + sympy.exp(-sympy.Abs(x))),
+}
+
+
+def _plain_sympy(expr: sympy.Expr) -> sympy.Expr:
+    return expr.replace(lambda e: isinstance(e, ProtectedFunction),
+                        lambda e: _STABLE.get(type(e), type(e).definition)(*e.args))
+
+
 def export_sympy(objective: Objective) -> str:
     """Source of a script that builds the loss in plain sympy (`loss`, `CONSTANTS`, `SYMBOLS`)."""
-    expr = to_plain_sympy(objective.loss_expr())
-    symbols = sorted(expr.free_symbols, key=lambda s: (s.name not in VARIABLES, s.name))
+    expr = _plain_sympy(objective.loss_expr())
+    used = {s.name for s in expr.free_symbols}
+    means = [n for n in _MEANS if n in used]
+    inputs = {n for n in used if n in VARIABLES and n not in _MEANS} | {x for m in means for x in _MEANS[m]}
+    symbols = [n for n in VARIABLES if n in inputs] + [n for n in CONSTANT_NAMES if n in used]
     lines = [f'"""Objective {objective.name!r}, exported by MPO Discover: the loss in plain sympy.',
-             "", "Protected operators appear through their exact definitions; evaluate with",
+             "", "Inputs are sequence log-likelihood sums, lengths and progress t (as the trainer's); protected",
+             "operators appear through their exact definitions; evaluate with",
              "`sympy.lambdify(list(SYMBOLS.values()), loss)` or `loss.subs(...).evalf()`.",
              '"""', "import sympy", "from sympy import E, Abs, Max, Min, Piecewise, S, exp, log, sqrt, tanh", ""]
-    for s in symbols:
-        assumption = "positive=True" if s.is_positive else "real=True"
-        lines.append(f"{s.name} = sympy.Symbol({s.name!r}, {assumption})")
-    lines.append("SYMBOLS = {" + ", ".join(f"{s.name!r}: {s.name}" for s in symbols) + "}")
+    for name in symbols:
+        assumption = "positive=True" if SYMBOLS[name].is_positive else "real=True"
+        lines.append(f"{name} = sympy.Symbol({name!r}, {assumption})")
+    for name in means:
+        total, length = _MEANS[name]
+        lines.append(f"{name} = {total} / Max({length}, 1)  # per-step mean")
+    lines.append("SYMBOLS = {" + ", ".join(f"{n!r}: {n}" for n in symbols) + "}")
     lines.append(f"CONSTANTS = {dict(objective.constants)!r}")
     lines.append(f"loss = {StrPrinter({'sympy_integers': True}).doprint(expr)}")
     return "\n".join(lines) + "\n"

@@ -45,9 +45,9 @@ def parse(text: str, part: str = "loss") -> sympy.Expr:
         raise GrammarError("empty expression", 0)
     try:
         tree = ast.parse(flat, mode="eval")
-    except SyntaxError as e:
-        column = max((e.offset or 1) - 1, 0)
-        raise GrammarError(f"syntax error: {e.msg}", column, flat) from None
+    except SyntaxError as e:  # an unexpected end of the text comes with offset 0: point at the end
+        column = e.offset - 1 if e.offset else len(flat.rstrip())
+        raise GrammarError(f"syntax error: {e.msg}", min(max(column, 0), len(flat)), flat) from None
     except (ValueError, RecursionError, MemoryError) as e:
         raise GrammarError(f"cannot parse: {type(e).__name__}", 0, flat) from None
     return _Walker(flat, part).expr(tree.body, 1)

@@ -18,8 +18,7 @@ def _gpu_present() -> bool:
 
 def pytest_collection_modifyitems(config, items):
     run_slow = config.getoption("--run-slow") or os.environ.get("MPO_RUN_SLOW") == "1"
-    skip_slow = pytest.mark.skip(
-        reason="slow (MJX compiles for minutes on a CPU); run with --run-slow or MPO_RUN_SLOW=1")
+    skip_slow = pytest.mark.skip(reason="marked slow; run with --run-slow or MPO_RUN_SLOW=1")
     skip_network = pytest.mark.skip(reason="needs network access beyond package registries")
     gpu_items = [item for item in items if "gpu" in item.keywords]
     skip_gpu = None

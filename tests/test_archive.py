@@ -72,7 +72,7 @@ def test_candidates_filter_and_order(store):
     assert [c["id"] for c in store.candidates(run, origin_prefix="gp")] == ids[1:]
     assert [c["id"] for c in store.candidates(run, status="rejected")] == [rejected]
     assert len(store.candidates(run, limit=2)) == 2
-    assert store.rejection_counts(run) == {"not monotone": 1}
+    assert [(g.kind, g.count, g.sources) for g in store.rejection_groups(run)] == [("not monotone", 1, ("llm",))]
     assert store.status_counts(run) == {"evaluated": 3, "rejected": 1, "failed": 0}
     with pytest.raises(ArchiveError, match="cannot order"):
         store.candidates(run, order_by="fitness; DROP TABLE runs")
@@ -291,7 +291,9 @@ def synthetic(tmp_path_factory):
         add(store, run, baseline("sft"), status="rejected", reason="not decreasing in the margin", generation=1)
         add(store, run, baseline("ipo"), status="failed", reason="nan loss at step 3", generation=1)
         x = store.add_exchange(run, proposer="llm", model="fake-model", prompt_version="v1", system="s",
-                               prompt="propose a loss", answer="g = softplus(-z)", error=None, usage=None, seconds=2.0)
+                               prompt="propose a loss", answer="g = softplus(-z)", error=None, usage=None, seconds=2.0,
+                               rejections=[('{"g": "eval(z)"}', "objective 2: g: unknown function 'eval'")],
+                               answer_shape="wrapper")
         llm = add(store, run, Objective.mpo("llm_1", g="softplus(-z) + c0*relu(-z)", constants={"c0": 0.5}), 50.0,
                   origin="llm", generation=2, parents=[child, zoo["hinge"]], exchange_id=x,
                   descriptors={"complexity": 33.0, "saturation": 0.6}, scores=score_rows(50.0))
@@ -323,6 +325,8 @@ def test_cli_list(synthetic):
     assert out.index("zoo:dpo") > out.index("gp:mutate")  # by fitness, best first
     result = cli("list", "--archive", synthetic["path"], "--sort", "id", "--status", "rejected", "--limit", "5")
     assert result.exit_code == 0 and "rejected" in result.output and "zoo:dpo" not in result.output
+    assert "refused inside LLM answers: 1" in result.output and "unknown function 'eval'" in result.output
+    assert "parse error" in result.output  # grouped by kind
 
 
 def test_cli_show_lineage_map(synthetic, tmp_path):
@@ -375,3 +379,125 @@ def test_plots_write_pngs(tmp_path):
     assert_png(plot_fitness_over_time([], str(tmp_path / "f0.png")))
     assert_png(plot_loss_shape(baseline("ta_mpo"), str(tmp_path / "s.png")))
     assert_png(plot_loss_shape(baseline("sft"), str(tmp_path / "s2.png"), reference=baseline("ipo")))
+
+
+# ------------------------------------------------------------------- read-only, migration, run lock
+def _files(folder) -> dict:
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir())}
+
+
+def test_browsing_writes_nothing_not_even_beside_a_damaged_file(tmp_path):
+    with ArchiveStore(tmp_path / "a.db") as store:
+        add(store, store.create_run({}, 0, "x"), baseline("dpo"), 1.0)
+    (tmp_path / "truncated.db").write_bytes((tmp_path / "a.db").read_bytes()[:6000])
+    before = _files(tmp_path)
+    with ArchiveStore(tmp_path / "a.db", readonly=True) as reader:
+        assert len(reader.candidates()) == 1
+    for damaged in (True, False):  # a writer checks a damaged file read-only first
+        with pytest.raises(ArchiveError, match="not a readable archive"):
+            ArchiveStore(tmp_path / "truncated.db", readonly=damaged)
+    assert _files(tmp_path) == before, "no -shm or -wal left behind"
+
+
+def test_browsing_works_on_a_read_only_file_system(tmp_path):
+    source, mount = tmp_path / "src", tmp_path / "ro"
+    source.mkdir()
+    mount.mkdir()
+    with ArchiveStore(source / "a.db") as store:
+        add(store, store.create_run({}, 0, "x"), baseline("dpo"), 1.0)
+    if subprocess.run(["mount", "--bind", "-o", "ro", str(source), str(mount)], capture_output=True).returncode:
+        pytest.skip("cannot bind-mount a read-only folder here (needs root)")
+    try:
+        with pytest.raises(OSError):
+            (mount / "probe").write_text("")
+        with ArchiveStore(mount / "a.db", readonly=True) as reader:
+            assert len(reader.candidates()) == 1
+        result = cli("list", "--archive", mount / "a.db")
+        assert result.exit_code == 0 and "1 evaluated" in result.output, result.output
+    finally:
+        subprocess.run(["umount", str(mount)], check=True)
+
+
+def test_a_version_1_archive_is_read_as_it_is_and_migrated_by_a_writer(tmp_path):
+    path = tmp_path / "v1.db"
+    with ArchiveStore(path) as store:
+        run = store.create_run({}, 0, "x")
+        store.add_exchange(run, proposer="llm", model="m", prompt_version="v", system="s", prompt="p", answer="a",
+                           error=None, usage=None, seconds=1.0)
+    db = sqlite3.connect(path)
+    db.executescript("ALTER TABLE exchanges DROP COLUMN rejections; ALTER TABLE exchanges DROP COLUMN answer_shape;"
+                     "UPDATE schema_version SET version = 1;")
+    db.close()
+    with ArchiveStore(path, readonly=True) as reader:
+        assert reader.exchanges(run)[0]["rejections"] == [] and reader.rejections(run) == []
+    with ArchiveStore(path) as store:
+        assert store.conn.execute("SELECT version FROM schema_version").fetchone()[0] == ArchiveStore.SCHEMA_VERSION
+        store.add_exchange(run, proposer="llm", model="m", prompt_version="v", system="s", prompt="p", answer="b",
+                           error=None, usage=None, seconds=1.0, rejections=[("x", "empty answer")])
+        assert store.rejections(run) == [("llm", "empty answer", "x")]
+
+
+HOLDER = textwrap.dedent("""
+    import sys, time
+    from archive.store import ArchiveStore
+    store = ArchiveStore(sys.argv[1])
+    store.lock_run(int(sys.argv[2]))
+    print("locked", flush=True)
+    time.sleep(60)
+""")
+
+
+def test_one_writer_per_run_and_a_dead_holder_is_taken_over(tmp_path):
+    path = str(tmp_path / "a.db")
+    with ArchiveStore(path) as store:
+        run = store.create_run({}, 0, "x")
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = {**os.environ, "PYTHONPATH": root + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    holder = subprocess.Popen([sys.executable, "-c", HOLDER, path, str(run)], stdout=subprocess.PIPE, text=True,
+                              env=env)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        with ArchiveStore(path) as store:
+            with pytest.raises(ArchiveError, match=f"being written by process {holder.pid}"):
+                store.lock_run(run)
+            store.lock_run(store.create_run({}, 0, "x"))  # another run of the same archive is free
+    finally:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait()
+    with ArchiveStore(path) as store:  # the lock survived the SIGKILL, and its holder is gone: taken over
+        assert store.get_state(run, "lock")["pid"] == holder.pid
+        store.lock_run(run)
+        assert store.get_state(run, "lock")["pid"] == os.getpid()
+        store.lock_run(run)  # this process may take it again
+        store.unlock_run(run)
+        assert store.get_state(run, "lock") is None
+
+
+@pytest.mark.parametrize("reason, kind", [
+    ("duplicate of #12", "duplicate"),
+    ("duplicate of g3_1 in the same generation", "duplicate"),
+    ("loss is not finite on 3/1100 probes, e.g. at logp_w=-2000", "loss not finite"),
+    ("the loss increases with logp_w on 4.2% of the probes, e.g. at logp_w=-3", "non-monotone in logp_w"),
+    ("g must be non-increasing in the margin but increases at z=0.5, t=0 (on 50.0% of the grid)", "g increasing"),
+    ("objective 3: invalid: g must be non-increasing in the margin", "g increasing"),
+    ("objective 2: g: unknown function 'eval'; allowed: abs, exp", "parse error"),
+    ("objectives 17-500: beyond the limit of 16 objectives per answer", "too many proposals"),
+    ("malformed JSON: Expecting ',' at line 1 col 5", "unusable answer"),
+    ("descriptor: saturation is not finite", "descriptor undefined"),
+    ("something new: 42", "something new"),
+])
+def test_rejection_kinds(reason, kind):
+    from archive.rejections import rejection_kind
+
+    assert rejection_kind(reason) == kind
+
+
+def test_rejections_are_grouped_by_kind_with_one_example(store):
+    run = store.create_run({}, 0, "x")
+    for i in range(5):
+        add(store, run, baseline("sft").replace(name=f"s{i}"), status="rejected", origin="gp:point",
+            reason=f"g must be non-increasing in the margin but increases at z={i}.5, t=0 (on {i}0% of the grid)")
+    add(store, run, baseline("ipo"), status="rejected", origin="es:cma", reason="duplicate of #1")
+    groups = store.rejection_groups(run)
+    assert [(g.kind, g.count, g.sources) for g in groups] == [("g increasing", 5, ("gp",)), ("duplicate", 1, ("es",))]
+    assert "z=4.5" in groups[0].example

@@ -28,8 +28,8 @@ def assert_one_line_error(result, fragment):
     (["datasets", "build", "--task", "humanoid"], "unknown task 'humanoid'"),
     (["datasets", "build", "--variant", "dirty"], "unknown dataset variant"),
     (["datasets", "build", "--variant", "noisy:0.7"], "outside [0, 0.5]"),
-    (["datasets", "build", "--segment-length", "-5"], "segment length"),
-    (["datasets", "build", "--pairs", "0"], "n_pairs"),
+    (["datasets", "build", "--segment-length", "-5"], "--segment-length"),
+    (["datasets", "build", "--pairs", "0"], "--pairs"),
     (["datasets", "show", "--variant", "stoch:abc"], "must be a number"),
     (["policies", "show", "--task", "nope"], "unknown task"),
 ])
@@ -46,11 +46,11 @@ def test_unwritable_cache_dir(tmp_path):
 
 def test_missing_and_damaged_checkpoint(tmp_path):
     env = {"MPO_DISCOVER_POLICIES": str(tmp_path / "policies")}
-    result = run("datasets", "build", "--pairs", "4", "--cache-dir", str(tmp_path / "c"), env=env)
+    result = run("datasets", "build", "--task", "hopper", "--pairs", "4", "--cache-dir", str(tmp_path / "c"), env=env)
     assert_one_line_error(result, "no behaviour policies for hopper")
     shutil.copytree(behaviour.policy_dir(TASKS["hopper"]), tmp_path / "policies" / "hopper")
     (tmp_path / "policies" / "hopper" / "expert.safetensors").write_bytes(b"\x00" * 10)
-    result = run("datasets", "build", "--pairs", "4", "--cache-dir", str(tmp_path / "c"), env=env)
+    result = run("datasets", "build", "--task", "hopper", "--pairs", "4", "--cache-dir", str(tmp_path / "c"), env=env)
     assert_one_line_error(result, "damaged")
     assert not list((tmp_path / "c").glob("*.safetensors")), "no half-written dataset"
 
@@ -85,6 +85,7 @@ def test_export_a_zoo_objective_as_torch_and_run_it(tmp_path):
     result = run("export", "dpo", "--format", "torch", "--out", str(out))
     assert result.exit_code == 0, result.output
     source = out.read_text()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["dpo_loss.py"], "nothing else is left beside it"
     assert "import torch" in source and "discovery" not in source and "grammar" not in source
     fn = _exported_function(source, "loss")
     logp_w = torch.tensor([-10.0, -5.0], dtype=torch.float64, requires_grad=True)
@@ -124,3 +125,10 @@ def test_export_refuses_code_in_an_expression():
     result = run("export", "__import__('os').system('true')")
     assert result.exit_code == 2 and "Traceback" not in result.output
     assert result.output.startswith("error: only plain function names can be called")
+
+
+@pytest.mark.parametrize("command", [["run"], ["bench"], ["archive", "list"], ["export"], []])
+def test_help_shows_no_value_type_after_plain_flags(command):
+    result = run(*command, "--help", env={"COLUMNS": "160"})
+    assert result.exit_code == 0, result.output
+    assert "<bool>" not in result.output and "--help" in result.output

@@ -16,7 +16,7 @@ from grammar.compile import compile_numpy
 from grammar.export import TRL_ARGUMENTS, export, export_jax, export_latex, export_sympy, export_torch
 from grammar.language import GrammarError
 from grammar.objective import Objective
-from grammar.probes import from_sums
+from grammar.probes import from_sums, probe_inputs
 from grammar.testing import expressions
 from grammar.zoo import ZOO
 
@@ -181,3 +181,45 @@ def test_export_dispatch():
     assert export(dpo, "latex") == export_latex(dpo)
     with pytest.raises(ValueError, match="unknown export format"):
         export(dpo, "fortran")
+
+
+def _sympy_values(objective: Objective, sums: dict[str, np.ndarray], tmp_path) -> np.ndarray:
+    module = _load(export_sympy(objective), tmp_path)
+    values = {**sums, **module.CONSTANTS}
+    symbols = list(module.SYMBOLS.values())
+    with np.errstate(all="ignore"):
+        return np.broadcast_to(sympy.lambdify(symbols, module.loss, "numpy")(*(values[s.name] for s in symbols)),
+                               sums["logp_w"].shape)
+
+
+def _probe_sums(objective: Objective) -> dict[str, np.ndarray]:
+    """The validity checks' probes (corners of the data domain + random pairs), and for every loss the inputs
+    that broke the old sympy export: sums drawn from N(-5000, 3000)."""
+    probes = probe_inputs(256)
+    rng = np.random.default_rng(0)
+    wide = {k: rng.normal(-5000, 3000, 1000) for k in ("logp_w", "logp_l", "ref_w", "ref_l")}
+    wide |= {"len_w": rng.integers(1, 1000, 1000).astype(float), "len_l": rng.integers(1, 1000, 1000).astype(float),
+             "t": rng.random(1000)}
+    return {k: np.concatenate([probes[k], wide[k]]) for k in ARGUMENT_ORDER}
+
+
+@pytest.mark.parametrize("objective", OBJECTIVES, ids=lambda o: o.name)
+def test_every_export_is_finite_wherever_the_kernel_is(objective, tmp_path):
+    sums = _probe_sums(objective)
+    loss, d_w, d_l = _kernel(objective, sums)
+    finite = np.isfinite(loss)
+    slopes = np.isfinite(d_w) & np.isfinite(d_l)
+    assert finite.mean() > 0.99  # the check below is about the exports, not a broken loss
+    for name, got in (("torch", _torch(_load(export_torch(objective), tmp_path), sums)),
+                      ("jax", _jax(_load(export_jax(objective), tmp_path), sums))):
+        assert np.isfinite(got[0])[finite].all(), name
+        assert (np.isfinite(got[1]) & np.isfinite(got[2]))[slopes].all(), name
+    assert np.isfinite(_sympy_values(objective, sums, tmp_path))[finite].all(), "sympy"
+
+
+def test_sympy_export_takes_the_trainers_inputs_and_derives_the_means(tmp_path):
+    module = _load(export_sympy(ZOO["simpo"].objective), tmp_path)
+    assert set(module.SYMBOLS) <= set(ARGUMENT_ORDER) | set(module.CONSTANTS)
+    assert not any(name.startswith("m") for name in module.SYMBOLS), "per-step means are not free symbols"
+    orpo = _load(export_sympy(ZOO["orpo"].objective), tmp_path)
+    assert orpo.mlogp_w == orpo.logp_w / sympy.Max(orpo.len_w, 1)

@@ -43,7 +43,8 @@ s = SYMBOLS
     ("1e7 * t", "loss", "outside [-1e+06, 1e+06]", 0),
     ("1e999 * t", "loss", "outside", 0),
     ("t / 0", "loss", "division by the literal 0", 0),
-    ("t +", "loss", "syntax error", 0),
+    ("t +", "loss", "syntax error", 3),  # an unexpected end: the caret at the end, not at column 1
+    ("logp_w + ", "loss", "syntax error", 8),
     ("(x := 1)", "loss", "NamedExpr", 1),
     ("", "loss", "empty expression", 0),
     ("logp", "loss", "unknown name 'logp'", 0),

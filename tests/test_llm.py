@@ -7,6 +7,9 @@ network, no real sleeping (the backoff `sleep` is a recorder).
 import dataclasses
 import json
 import socket
+import time
+
+import re
 
 import pytest
 
@@ -90,7 +93,7 @@ def keys(monkeypatch):
 
 def proposer(endpoint, **cfg):
     """A proposer on the real SDK client over the fake transport; returns it and the recorded waits."""
-    cfg.setdefault("validate", False)  # the JAX validity check is tested in test_llm_parse
+    cfg.setdefault("check_validity", False)  # the JAX validity check is tested in test_llm_parse
     waits: list[float] = []
     p = LLMProposer(LLMConfig(**cfg), http_client=httpx.Client(transport=httpx.MockTransport(endpoint)),
                     sleep=waits.append)
@@ -174,8 +177,10 @@ def test_malformed_answer_is_recorded_and_rejected(text, reason):
     p, _ = proposer(Endpoint(openai_reply(text), openai_reply(GOOD_TEXT)))
     proposal = p.propose(CONTEXT)
     assert proposal.candidates == [] and len(proposal.rejections) == 1 and reason in proposal.rejections[0][1]
-    assert proposal.exchange.answer == text and proposal.exchange.error is None  # a call that worked
-    assert p.failures == 0 and not p.exhausted
+    ex = proposal.exchange
+    assert ex.answer == text and ex.error == f"answer rejected: {proposal.rejections[0][1]}"  # recorded with its reason
+    assert ex.rejections == proposal.rejections and ex.answer_shape is None
+    assert p.failures == 0 and not p.exhausted  # a call that worked
     assert names(p.propose(CONTEXT)) == ["llm2-1", "llm2-2"]  # the next call goes on
 
 
@@ -244,7 +249,38 @@ def test_timeout_setting_reaches_the_request():
     endpoint = Endpoint(openai_reply(GOOD_TEXT))
     p, _ = proposer(endpoint, timeout_s=7.0)
     p.propose(CONTEXT)
-    assert endpoint.requests[0].extensions["timeout"]["read"] == 7.0
+    assert 6.5 < endpoint.requests[0].extensions["timeout"]["read"] <= 7.0  # what is left of the call's deadline
+
+
+class Drip:
+    """A response body that arrives one byte every `every` seconds (each read well within any read timeout)."""
+
+    def __init__(self, body: bytes, every: float):
+        self.body, self.every, self.stopped = body, every, False
+
+    def __iter__(self):
+        for i in range(len(self.body)):
+            if self.stopped:
+                return
+            time.sleep(self.every)
+            yield self.body[i:i + 1]
+
+
+@pytest.mark.parametrize("provider", ["openai", "anthropic"])
+def test_a_dripping_endpoint_is_cut_at_the_wall_clock_deadline(provider):
+    reply = (openai_reply if provider == "openai" else anthropic_reply)(GOOD_TEXT)
+    drip = Drip(reply.content, every=0.05)  # ~2000 bytes: 100 s in all
+    endpoint = Endpoint(lambda request: httpx.Response(200, headers={"content-type": "application/json"},
+                                                       content=iter(drip)))
+    p, waits = proposer(endpoint, provider=provider, timeout_s=1.0, max_retries=3)
+    start = time.monotonic()
+    try:
+        proposal = p.propose(CONTEXT)
+    finally:
+        drip.stopped = True
+    assert time.monotonic() - start < 2.5
+    assert proposal.candidates == [] and proposal.exchange.error.startswith("timeout after 1 s")
+    assert len(endpoint.requests) == 1 and waits == []  # no time was left for a retry
 
 
 @pytest.mark.parametrize("provider", ["openai", "anthropic"])
@@ -280,7 +316,7 @@ def test_a_real_refused_connection(monkeypatch):
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     p = LLMProposer(LLMConfig(provider="openai-compatible", base_url=f"http://127.0.0.1:{port}/v1", max_retries=1,
-                              timeout_s=5.0, validate=False), sleep=lambda s: None)
+                              timeout_s=5.0, check_validity=False), sleep=lambda s: None)
     proposal = p.propose(CONTEXT)
     assert proposal.candidates == [] and proposal.exchange.error.startswith("connection error")
     p.close()
@@ -378,7 +414,7 @@ def test_replay_reproduces_candidates_without_any_transport(monkeypatch):
         raise AssertionError("replay must not touch the network")
 
     monkeypatch.setattr(httpx.Client, "send", no_network)
-    replay = LLMProposer(LLMConfig(max_retries=0, max_calls=4, validate=False), replay=stored, sleep=no_network)
+    replay = LLMProposer(LLMConfig(max_retries=0, max_calls=4, check_validity=False), replay=stored, sleep=no_network)
     replayed = []
     while not replay.exhausted:
         replayed.append(replay.propose(CONTEXT))
@@ -397,7 +433,7 @@ def test_replay_reproduces_candidates_without_any_transport(monkeypatch):
 def test_replay_notices_a_different_prompt():
     p, _ = proposer(Endpoint(openai_reply(GOOD_TEXT)))
     stored = [dataclasses.asdict(p.propose(CONTEXT).exchange)]
-    replay = LLMProposer(LLMConfig(validate=False), replay=stored)
+    replay = LLMProposer(LLMConfig(check_validity=False), replay=stored)
     proposal = replay.propose(dataclasses.replace(CONTEXT, task="walker2d"))
     assert names(proposal) == ["llm1-1", "llm1-2"] and replay.replay_mismatches == 1
 
@@ -411,7 +447,10 @@ def test_replay_rejects_incomplete_records():
 
 
 # ------------------------------------------------------------------------- providers, availability
-def test_openai_compatible_base_url_is_honoured_and_the_openai_key_not_sent():
+@pytest.mark.parametrize("key, sent", [("sk-openai-test", "sk-openai-test"), (None, PLACEHOLDER_KEY)])
+def test_openai_compatible_base_url_is_honoured_and_openai_key_used_when_set(key, sent, monkeypatch):
+    if key is None:
+        monkeypatch.delenv("OPENAI_API_KEY")
     endpoint = Endpoint(openai_reply(GOOD_TEXT))
     p, _ = proposer(endpoint, provider="openai-compatible", base_url="http://gpu-box:8000/v1", model="qwen2.5-7b",
                     temperature=None)
@@ -419,7 +458,7 @@ def test_openai_compatible_base_url_is_honoured_and_the_openai_key_not_sent():
     assert names(proposal) == ["llm1-1", "llm1-2"]
     request = endpoint.requests[0]
     assert str(request.url) == "http://gpu-box:8000/v1/chat/completions"
-    assert request.headers["authorization"] == f"Bearer {PLACEHOLDER_KEY}"  # never OPENAI_API_KEY
+    assert request.headers["authorization"] == f"Bearer {sent}"
     body = endpoint.body()
     assert body["model"] == "qwen2.5-7b" and "max_tokens" in body and "temperature" not in body
     assert proposal.exchange.proposer == "llm/openai-compatible"
@@ -463,12 +502,72 @@ def test_llm_available(monkeypatch):
                                        prompt_version="propose_v9"))[0]
 
 
-def test_config_validation():
-    with pytest.raises(ValueError, match="unknown LLM provider"):
-        LLMConfig(provider="gemini")
-    with pytest.raises(ValueError, match="max_retries"):
-        LLMConfig(max_retries=-1)
+def test_config_validation_names_the_option():
+    for cfg, message in ((LLMConfig(provider="gemini"), "--llm-provider: unknown provider 'gemini'"),
+                         (LLMConfig(max_calls=-1), "--llm-max-calls"), (LLMConfig(timeout_s=0), "--llm-timeout"),
+                         (LLMConfig(timeout_s=float("nan")), "--llm-timeout"),
+                         (LLMConfig(provider="openai-compatible"), "--llm-base-url"),
+                         (LLMConfig(base_url="localhost:8000"), "--llm-base-url"),
+                         (LLMConfig(max_retries=-1), "LLMConfig.max_retries")):
+        with pytest.raises(ValueError, match=re.escape(message)):
+            cfg.validate()
     with pytest.raises(ValueError, match="unknown prompt version"):
         LLMProposer(LLMConfig(prompt_version="propose_v9"))
     assert LLMConfig(provider="anthropic").resolved_model == DEFAULT_MODELS["anthropic"]
     assert LLMConfig(provider="anthropic", model="claude-opus-4-5").resolved_model == "claude-opus-4-5"
+
+
+# ------------------------------------------------------------------------------ a hostile endpoint
+def test_anthropic_base_url_ending_in_v1_is_the_server_root():
+    endpoint = Endpoint(anthropic_reply(GOOD_TEXT))
+    p, _ = proposer(endpoint, provider="anthropic", base_url="http://claude-proxy:8080/v1/")
+    assert names(p.propose(CONTEXT)) == ["llm1-1", "llm1-2"]
+    assert str(endpoint.requests[0].url) == "http://claude-proxy:8080/v1/messages"
+
+
+def test_negative_usage_counts_cannot_disable_the_token_budget():
+    endpoint = Endpoint(openai_reply(GOOD_TEXT, prompt_tokens=-3_000_000_000, completion_tokens=-3_000_000_000))
+    p, _ = proposer(endpoint, max_tokens=10_000)
+    proposal = p.propose(CONTEXT)
+    assert proposal.exchange.usage["total_tokens"] == 0 and p.tokens == 0
+    p.restore_budget([{"usage": {"total_tokens": -6e9}}, {"usage": {"total_tokens": 4000}}])
+    assert p.tokens == 4000
+
+
+def test_a_huge_answer_is_stored_cut_and_refused_the_same_way_on_replay():
+    huge = GOOD_TEXT + " " * 2_000_000
+    p, _ = proposer(Endpoint(openai_reply(huge)))
+    proposal = p.propose(CONTEXT)
+    ex = proposal.exchange
+    assert len(ex.answer) < 100_200 and "cut: the answer had" in ex.answer
+    assert proposal.candidates == [] and "longer than the limit" in ex.error
+    replayed = LLMProposer(LLMConfig(check_validity=False), replay=[ex.to_dict()]).propose(CONTEXT)
+    assert replayed.rejections == proposal.rejections and replayed.exchange.error == ex.error
+
+
+def test_terminal_escapes_in_an_error_body_are_removed():
+    body = {"error": {"message": "\x1b[2J\x1b[31mpwned\x07 \u202egnp.exe", "type": "error"}}
+    p, _ = proposer(Endpoint(httpx.Response(400, json=body)))
+    error = p.propose(CONTEXT).exchange.error
+    assert "pwned" in error and not any(ch in error for ch in "\x1b\x07\u202e")
+
+
+def test_a_bare_object_answer_is_accepted_and_its_layout_recorded():
+    bare = json.dumps({"name": "my-hinge", "loss": "relu(1 - beta*(logp_w - ref_w - logp_l + ref_l))"})
+    p, _ = proposer(Endpoint(openai_reply(bare)))
+    proposal = p.propose(CONTEXT)
+    assert names(proposal) == ["llm1-1"] and proposal.exchange.answer_shape == "bare"
+    assert proposal.exchange.error is None and proposal.exchange.rejections == []
+    wrapped = proposer(Endpoint(openai_reply(GOOD_TEXT)))[0].propose(CONTEXT)
+    assert wrapped.exchange.answer_shape == "wrapper"
+
+
+def test_refused_proposals_are_kept_on_the_exchange_and_replayed():
+    mixed = json.dumps({"objectives": [{"shape": "mpo", "g": "eval('z')"}, GOOD["objectives"][1]]})
+    p, _ = proposer(Endpoint(openai_reply(mixed)))
+    live = p.propose(CONTEXT)
+    assert names(live) == ["llm1-2"] and live.exchange.error is None
+    assert live.exchange.rejections == live.rejections and "unknown function 'eval'" in live.rejections[0][1]
+    stored = json.loads(json.dumps(live.exchange.to_dict()))  # as the archive gives it back
+    replayed = LLMProposer(LLMConfig(check_validity=False), replay=[stored]).propose(CONTEXT)
+    assert dataclasses.asdict(replayed.exchange) == dataclasses.asdict(live.exchange)

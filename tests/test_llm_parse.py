@@ -59,19 +59,44 @@ def test_fence_and_prose_are_tolerated():
     ('{"objectives": [{"shape": "mpo", "g": "-z"', "malformed JSON"),  # truncated answer
     ('{"objectives": [], "objectives": []}', "duplicate key"),
     ('{"objectives": [{"shape": "mpo", "g": "z", "constants": {"beta": NaN}}]}', "NaN is not a JSON number"),
-    ('[{"shape": "mpo", "g": "z"}]', "got a list"),
+    ('["softplus(-z)"]', "got a list"),
     ('{"objectives": {"shape": "mpo"}}', "'objectives' must be a list"),
     ('{"objectives": []}', "'objectives' is empty"),
     ('{"proposals": []}', "unknown top-level key"),
     ('{"objectives": [{"shape": "mpo", "g": "z"}]} {"objectives": []}', "extra data"),
     ('{"objectives": [{"shape": "mpo", "g": "z", "constants": {"beta": ' + "9" * 5000 + "}}]}", "malformed JSON"),
-    ("x" * (llm_parse.MAX_ANSWER_CHARS + 1), "characters long"),
+    ("x" * (llm_parse.MAX_ANSWER_CHARS + 1), "longer than the limit"),
 ])
 def test_malformed_answers_are_rejected_whole(text, reason):
     candidates, rejections = parse(text)
     assert candidates == []
     assert len(rejections) == 1 and reason in rejections[0][1]
     assert len(rejections[0][0]) <= llm_parse.SNIPPET_CHARS
+
+
+@pytest.mark.parametrize("text, shape, n", [
+    (answer(DPO, HINGE), "wrapper", 2),
+    ('Here is one: {"name": "hinge-ish", "loss": "relu(1 - beta*(logp_w - ref_w - logp_l + ref_l))"} ok?', "bare", 1),
+    ('```json\n{"g": "-logsigmoid(z)", "constants": {"beta": 0.2}}\n```', "bare", 1),
+    (json.dumps([DPO, HINGE]), "list", 2),
+    ("no json", None, 0),
+])
+def test_bare_objects_and_lists_are_accepted_and_their_layout_recorded(text, shape, n):
+    parsed = llm_parse.read_answer(text, validate=False)
+    assert parsed.shape == shape and len(parsed.candidates) == n
+    assert parsed.rejections == ([] if n else parsed.rejections)
+    if shape == "bare":  # the shape is taken from the keys: "loss" free, else mpo
+        assert parsed.candidates[0].objective.shape == ("free" if "loss" in text else "mpo")
+
+
+def test_two_bare_objects_are_not_silently_cut_to_one():
+    candidates, rejections = parse('{"loss": "softplus(logp_l - logp_w)"}\n{"g": "-logsigmoid(z)"}')
+    assert candidates == [] and "extra data" in rejections[0][1]
+
+
+def test_control_characters_never_reach_a_snippet():
+    _, rejections = parse(answer({"shape": "mpo", "g": "\x1b[2Jfoo(z)"}))
+    assert "\x1b" not in rejections[0][0]
 
 
 def test_non_text_answer_is_rejected():
@@ -99,7 +124,7 @@ def test_non_text_answer_is_rejected():
     ({"shape": "free", "g": "-z"}, "unknown key(s) 'g' for shape 'free'"),
     ({"shape": "mpo", "g": "-z", "code": "import os"}, "unknown key(s) 'code'"),
     ({"shape": "dpo", "g": "-z"}, "'shape' must be"),
-    ({"g": "-z"}, "'shape' must be"),
+    ({"rationale": "no expression"}, "cannot tell the shape"),
     ({"shape": "mpo", "g": "-z", "constants": {"beta": 99}}, "constant beta = 99 is outside its range"),
     ({"shape": "mpo", "g": "-z", "constants": {"beta": 10 ** 400}}, "outside its range"),
     ({"shape": "mpo", "g": "-z", "constants": {"kappa": 1}}, "unknown constant 'kappa'"),
@@ -138,7 +163,8 @@ def test_item_limit_and_rationale_truncation():
     candidates, rejections = parse(answer(*items))
     assert len(candidates) == MAX_OBJECTIVES
     assert len(candidates[0].rationale) == MAX_RATIONALE_CHARS
-    assert len(rejections) == 2 and all("beyond the limit" in why for _, why in rejections)
+    assert rejections == [(rejections[0][0], f"objectives {MAX_OBJECTIVES + 1}-{MAX_OBJECTIVES + 2}: beyond the "
+                                             f"limit of {MAX_OBJECTIVES} objectives per answer")]
 
 
 def test_max_complexity():
@@ -161,7 +187,6 @@ def test_nothing_is_evaluated(monkeypatch):
     assert len(candidates) == 2 and "unknown function '__import__'" in rejections[0][1]
 
 
-@pytest.mark.slow
 def test_validity_check_rejects_non_monotone_and_accepts_the_template_example():
     """One validated parse (the JAX-compiled check: ~5 s): the answer example shown in the prompt template is valid,
     and an increasing g is rejected with the validity checker's reason."""

@@ -1,5 +1,6 @@
 """The search loop end to end: recording, determinism, Ctrl-C, SIGKILL + resume, LLM degradation, CLI."""
 
+import dataclasses
 import json
 import os
 import signal
@@ -14,6 +15,7 @@ import pytest
 from typer.testing import CliRunner
 
 from archive.store import ArchiveStore
+from discovery import cli
 from discovery.cli import app
 from discovery.llm import LLMConfig
 from discovery.search import Search, SearchConfig
@@ -21,6 +23,7 @@ from evaluators.datasets import DatasetConfig
 from evaluators.fitness import FitnessConfig
 from evaluators.po_trainer import TrainConfig
 from evaluators.reference import BCConfig
+from grammar.zoo import baseline
 
 BASELINES = ("dpo", "sft", "ipo", "hinge")
 # Small enough for a 2-core CI machine; the same numbers as TINY_CLI below.
@@ -70,14 +73,15 @@ def test_a_run_records_every_candidate_with_scores_descriptors_and_lineage(finis
     zoo = [c for c in cands if c["origin"] == "zoo"]
     assert sorted(c["objective"].name for c in zoo) == sorted(BASELINES)
     assert all(c["generation"] == 0 for c in zoo)
-    assert search.evaluations() >= TINY.max_evaluations
+    assert search.evaluations() == TINY.max_evaluations  # a generation trains no more than the budget has left
     proposers = {g.proposer for g in generations}
     assert "gp" in proposers, proposers
     for c in cands:
         if c["status"] == "evaluated":
             scores = store.scores(c["id"], fresh=False)
-            assert {(s["task"], s["dataset"], s["seed"]) for s in scores} == {("hopper", "noisy:0.2", 0),
-                                                                            ("hopper", "noisy:0.2", 1)}
+            task = TINY.fitness.tasks[0]
+            assert {(s["task"], s["dataset"], s["seed"]) for s in scores} == {(task, "noisy:0.2", 0),
+                                                                            (task, "noisy:0.2", 1)}
             assert np.isclose(np.mean([s["score"] for s in scores]), c["fitness"])
             assert set(c["descriptors"]) == {"complexity", "saturation"}
         elif c["status"] == "rejected":
@@ -178,6 +182,7 @@ def test_sigkill_mid_generation_loses_nothing_committed_and_resume_continues(cac
     result = CliRunner().invoke(app, [*TINY_CLI, "--archive", path, "--resume"], env=env)
     assert result.exit_code == 0, result.output
     assert "resuming run" in result.output
+    assert f"generation {last + 1} " in result.output and " trained, " in result.output  # a line per generation
     store = ArchiveStore(path)
     after = _trace(store, run["id"])
     assert after[:len(before)] == before
@@ -224,11 +229,13 @@ def test_llm_answers_become_candidates_with_their_exchange(cache, tmp_path):
     cands = [c for c in search.store.candidates(search.run_id) if c["origin"].startswith("llm:")]
     assert len(cands) == 1 and cands[0]["exchange_id"] is not None
     ex = search.store.exchange(cands[0]["exchange_id"])
-    assert ex["answer"] == answer and ex["error"] is None
+    assert ex["answer"] == answer and ex["error"] is None and ex["answer_shape"] == "wrapper"
     prompt = json.dumps(seen[0])
     assert "dpo" in prompt.lower() and "softplus" in prompt
-    rejected = search.store.get_state(search.run_id, "llm_rejections")
-    assert any("__import__" in r for r in rejected)
+    assert [reason for _, reason in ex["rejections"]] == ["objective 2: loss: only plain function names can be "
+                                                          "called (no attributes or expressions) at column 1"]
+    groups = search.store.rejection_groups(search.run_id)
+    assert any(g.kind == "parse error" and g.sources == ("llm",) for g in groups)
 
     # the stored exchanges replay the run without any endpoint
     replayed = Search.start(ArchiveStore(str(tmp_path / "replay.db")), search.cfg,
@@ -257,3 +264,61 @@ def test_run_cli_rejects_bad_config_with_one_line(tmp_path):
     assert "error:" in result.output and "Traceback" not in result.output
     result = CliRunner().invoke(app, ["run", "--descriptors", "nonsense", "--archive", str(tmp_path / "y.db")])
     assert result.exit_code == 2 and "unknown descriptor" in result.output
+
+
+# ------------------------------------------------------------------ resume, budget, feedback (no training)
+def test_resume_keeps_the_stored_config_unless_a_resumable_setting_is_changed(tmp_path):
+    store = ArchiveStore(str(tmp_path / "r.db"))
+    cfg = dataclasses.replace(TINY, max_evaluations=64)
+    with Search.start(store, cfg) as search:
+        run_id = search.run_id
+    with Search.resume(store, run_id) as search:
+        assert search.cfg == cfg
+    with Search.resume(store, run_id, changes={"max_evaluations": 100, "max_seconds": 60.0}) as search:
+        assert (search.cfg.max_evaluations, search.cfg.max_seconds) == (100, 60.0)
+    with Search.resume(store, run_id) as search:  # the change is kept
+        assert (search.cfg.max_evaluations, search.cfg.max_seconds) == (100, 60.0)
+        assert dataclasses.replace(search.cfg, max_evaluations=64, max_seconds=None) == cfg
+    with pytest.raises(ValueError, match="--task: a resumed run keeps its stored setting"):
+        Search.resume(store, run_id, changes={"fitness.tasks": ["walker2d"]})
+
+
+def test_cli_resume_without_budget_options_keeps_the_stored_budget_and_says_what_changed(tmp_path, monkeypatch):
+    path = str(tmp_path / "a.db")
+    with ArchiveStore(path) as store:
+        Search.start(store, dataclasses.replace(TINY, max_evaluations=64)).close()
+    used = []
+    monkeypatch.setattr(cli, "_search", lambda search, archive: used.append(search.cfg))
+    result = CliRunner().invoke(app, ["run", "--resume", "--archive", path])
+    assert result.exit_code == 0, result.output
+    assert (used[-1].max_evaluations, used[-1].max_seconds) == (64, None)
+    result = CliRunner().invoke(app, ["run", "--resume", "--archive", path, "--budget-evals", "100",
+                                      "--seeds", str(TINY.fitness.seeds)])  # an option equal to the stored one is fine
+    assert result.exit_code == 0, result.output
+    assert "--budget-evals 64 -> 100" in result.output and used[-1].max_evaluations == 100
+    with ArchiveStore(path, readonly=True) as store:
+        assert store.get_state(1, "lock") is None, "the run lock is released"
+
+
+def test_llm_feedback_is_a_few_grouped_reasons_per_proposer(tmp_path):
+    store = ArchiveStore(str(tmp_path / "f.db"))
+    search = Search.start(store, TINY)
+    refused = [(f'{{"g": "eval({i})"}}', f"objective {i}: g: unknown function 'eval'") for i in range(1, 17)]
+    refused.append(("...", "objectives 17-500: beyond the limit of 16 objectives per answer"))
+    store.add_exchange(search.run_id, proposer="llm/openai", model="m", prompt_version="propose_v1", system="s",
+                       prompt="p", answer="[...]", error=None, usage={"total_tokens": 10}, seconds=1.0,
+                       rejections=refused)
+    for i in range(5):
+        store.add_candidate(search.run_id, objective=baseline("sft").replace(name=f"s{i}"), origin="gp:point",
+                            generation=1, status="rejected",
+                            reason=f"g must be non-increasing in the margin but increases at z={i}, t=0")
+        store.add_candidate(search.run_id, objective=baseline("ipo").replace(name=f"i{i}"), origin="gp:point",
+                            generation=1, status="rejected", reason=f"duplicate of #{i + 1}")
+    lines = search._prompt_context().rejections
+    assert lines == [
+        "[gp] g increasing: 5 of the last 10; e.g. " + store.candidates(search.run_id)[-2]["formula"]
+        + " -> g must be non-increasing in the margin but increases at z=4, t=0",
+        "[llm] parse error: 16 of the last 17; e.g. {\"g\": \"eval(16)\"} -> objective 16: g: unknown function 'eval'",
+        "[llm] too many proposals: 1 of the last 17; e.g. ... -> objectives 17-500: beyond the limit of 16 "
+        "objectives per answer"]
+    search.close()
