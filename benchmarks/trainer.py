@@ -35,25 +35,31 @@ def main(argv=None) -> dict:
     ap.add_argument("--population", type=int, default=None)
     ap.add_argument("--separate", type=int, default=None, help="expressions compiled separately")
     ap.add_argument("--steps", type=int, default=None)
-    ap.add_argument("--pairs", type=int, default=None)
+    ap.add_argument("--pairs", type=int, default=None, help="default: the task's suite dataset")
+    ap.add_argument("--task", default="halfcheetah", help="a task of the suite (its dataset, pi_ref and training)")
+    ap.add_argument("--variant", default="noisy:0.2")
     args = ap.parse_args(argv)
     P = args.population or (16 if args.quick else 64)
     n_separate = args.separate or (2 if args.quick else 4)
     steps = args.steps or (50 if args.quick else 200)
-    pairs = args.pairs or (256 if args.quick else 2048)
 
-    from evaluators.datasets import DatasetConfig, build
-    from evaluators.po_trainer import TrainConfig, train_population
-    from evaluators.reference import BCConfig, reference_policy
+    from dataclasses import replace
+
+    from evaluators.datasets import build
+    from evaluators.po_trainer import train_population
+    from evaluators.reference import reference_policy
+    from evaluators.suite import task_suite
     from evaluators.tasks import get_task
     from grammar.compile import compile_jax
     from grammar.kernel import compilation_count, constant_vector, encode, interpret, stack
     from grammar.zoo import ZOO
 
-    task = get_task("hopper")
-    ds = build(task, "noisy:0.2", 0, DatasetConfig(n_pairs=pairs))
-    ref = reference_policy(ds, BCConfig())
-    cfg = TrainConfig(steps=steps)
+    suite = task_suite(args.task)
+    task = get_task(args.task)
+    dataset = replace(suite.dataset, n_pairs=args.pairs) if args.pairs else suite.dataset
+    ds = build(task, args.variant, 0, dataset)
+    ref = reference_policy(ds, suite.reference)
+    cfg = replace(suite.train, steps=steps)
     zoo = [b.objective for b in ZOO.values()]
     rng = np.random.default_rng(0)
     objectives = [zoo[i % len(zoo)] for i in range(P)]
@@ -93,7 +99,8 @@ def main(argv=None) -> dict:
         "benchmark": "trainer",
         "machine": {"platform": platform.platform(), "backend": jax.default_backend(),
                     "devices": [str(d) for d in jax.devices()]},
-        "task": "hopper", "dataset": "noisy:0.2", "pairs": pairs, "steps": steps,
+        "task": args.task, "dataset": args.variant, "pairs": ds.n_pairs,
+        "segment_length": dataset.segment_length, "steps": steps,
         "batch_pairs": cfg.batch_pairs, "population": P,
         "population_first_call_s": round(first, 3),
         "population_compile_s": round(first - warm, 3),

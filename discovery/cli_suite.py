@@ -57,16 +57,20 @@ def check(
         if parse_variant(v).shuffled:
             raise ValueError(f"--variant {v}: the shuffled control is run beside every variant; give the variant alone")
     os.makedirs(out, exist_ok=True)
+
+    def write(reports):  # after every task x variant, so a long check leaves what it has measured
+        with open(os.path.join(out, "suite_check.json"), "w") as f:
+            json.dump(report_json(reports), f, indent=1)
+        with open(os.path.join(out, "suite_check.md"), "w") as f:
+            f.write(report_markdown(reports) + "\n")
+
     if as_json:
-        reports = run_check(tasks, variants)
+        reports = run_check(tasks, variants, on_report=write)
     else:
         with console.status("suite check") as status:
-            reports = run_check(tasks, variants, on_event=lambda msg: status.update(f"suite check: {msg}"))
+            reports = run_check(tasks, variants, on_event=lambda msg: status.update(f"suite check: {msg}"),
+                                on_report=write)
     data = report_json(reports)
-    with open(os.path.join(out, "suite_check.json"), "w") as f:
-        json.dump(data, f, indent=1)
-    with open(os.path.join(out, "suite_check.md"), "w") as f:
-        f.write(report_markdown(reports) + "\n")
     if as_json:
         typer.echo(json.dumps(data, indent=1))
         return

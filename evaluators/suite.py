@@ -315,12 +315,22 @@ def task_passes(reports: list[VariantReport]) -> bool:
 # -- the report --------------------------------------------------------------------------------------
 
 def check(tasks: tuple[str, ...] = DEFAULT_TASKS, variants: tuple[str, ...] = DEFAULT_VARIANTS,
-          protocol: Protocol = FRESH, cache: str | None = None, on_event=None) -> list[VariantReport]:
+          protocol: Protocol = FRESH, cache: str | None = None, on_event=None, on_report=None) -> list[VariantReport]:
+    """Reports per variant x task, variants outermost (the gates that decide are on the first, clean).
+
+    ``on_report(reports so far)`` is called after each one, so a long check can write as it goes.
+    """
     for t in tasks:
         task_suite(t)
     for v in variants:
         parse_variant(v)
-    return [check_variant(t, v, protocol, cache, on_event) for t in tasks for v in variants]
+    reports = []
+    for v in variants:
+        for t in tasks:
+            reports.append(check_variant(t, v, protocol, cache, on_event))
+            if on_report:
+                on_report(list(reports))
+    return reports
 
 
 def report_json(reports: list[VariantReport]) -> dict:
