@@ -2,12 +2,15 @@
 
 Prints one JSON object. Per task:
 
-- ``native``: env-steps/s of ``evaluators.native.run_policies`` (a threaded batch of ``MjData`` plus
-  numpy inference of a batch of Gaussian MLP policies at every control step);
+- ``native``: env-steps/s of ``evaluators.native.run_policies`` (``mujoco.batch`` simulations plus
+  numpy inference of a batch of Gaussian MLP policies at every control step, two lanes overlapping
+  physics and Python), and ``native_one_lane`` the same with one lane (no overlap);
 - ``open_loop``: ``mujoco.rollout`` of the same model from the same start states with the controls
   the closed loop produced (recorded as float32), on the same number of threads: the same physics
   work with no policy in the loop. ``ratio`` = native / open loop, the fraction of raw simulator throughput
   the closed loop keeps (best of ``--repeats`` interleaved runs, so both see the same contention);
+  ``cpu_ratio`` = open-loop CPU seconds / native CPU seconds (all threads, best runs), which other
+  processes on the machine disturb less than wall-clock time;
 - ``mjx``: ``mjx_run_policies`` at a small batch on the default JAX device, throughput without
   compilation, cold compile time (a fresh JAX cache directory unless ``--jax-cache project``) and
   the time to load the same executable from the persistent cache;
@@ -72,32 +75,42 @@ def native_vs_open_loop(task, batch: int, steps: int, threads: int, repeats: int
 
     params = policies(task, N_POLICIES)
     qpos, qvel, idx = start_states(task, batch)
-    native_s, open_s = [], []
-    with NativeBatch(task, batch, threads) as nb:
-        run_policies(nb, params, idx, qpos, qvel, min(steps, 5))  # warm up threads and numpy
-        controls = run_policies(nb, params, idx, qpos, qvel, steps, record=True).actions
+    wall, cpu = {"native": [], "native_one_lane": [], "open_loop": []}, {"native": [], "open_loop": []}
+
+    def timed(kind, f):
+        w, c = time.perf_counter(), time.process_time()
+        f()
+        wall[kind].append(time.perf_counter() - w)
+        if kind in cpu:
+            cpu[kind].append(time.process_time() - c)
+
+    with NativeBatch(task, batch, threads) as nb, NativeBatch(task, batch, threads, lanes=1) as one:
+        for b in (nb, one):
+            run_policies(b, params, idx, qpos, qvel, min(steps, 5))  # warm up threads and numpy
+        recorded = run_policies(nb, params, idx, qpos, qvel, steps, record=True)
+        assert int(recorded.lengths.sum()) == batch * steps, "termination must be off for the measurement"
+        controls = recorded.actions
         model = nb.model
         states, control = open_loop_inputs(task, model, qpos, qvel, controls)
         datas = [mujoco.MjData(model) for _ in range(threads)]
         out = np.empty((batch, control.shape[1], states.shape[1]))
         for _ in range(repeats):
-            t0 = time.perf_counter()
-            result = run_policies(nb, params, idx, qpos, qvel, steps)
-            native_s.append(time.perf_counter() - t0)
-            assert int(result.lengths.sum()) == batch * steps
-            t0 = time.perf_counter()
-            rollout.rollout(model, datas, states, control, state=out)
-            open_s.append(time.perf_counter() - t0)
-    env_steps = batch * steps
-    native_rate, open_rate = env_steps / min(native_s), env_steps / min(open_s)
+            timed("native", lambda: run_policies(nb, params, idx, qpos, qvel, steps))
+            timed("open_loop", lambda: rollout.rollout(model, datas, states, control, state=out))
+            timed("native_one_lane", lambda: run_policies(one, params, idx, qpos, qvel, steps))
+        lanes = len(nb.lanes)
+    rate = {k: batch * steps / min(v) for k, v in wall.items()}
     return {
         "batch": batch, "steps": steps, "threads": threads, "policies": N_POLICIES, "repeats": repeats,
-        "native_env_steps_per_s": round(native_rate),
-        "open_loop_env_steps_per_s": round(open_rate),
-        "open_loop_physics_steps_per_s": round(open_rate * task.frame_skip),
-        "ratio": round(native_rate / open_rate, 3),
-        "native_s": [round(t, 3) for t in native_s],
-        "open_loop_s": [round(t, 3) for t in open_s],
+        "lanes": lanes,
+        "native_env_steps_per_s": round(rate["native"]),
+        "native_one_lane_env_steps_per_s": round(rate["native_one_lane"]),
+        "open_loop_env_steps_per_s": round(rate["open_loop"]),
+        "open_loop_physics_steps_per_s": round(rate["open_loop"] * task.frame_skip),
+        "ratio": round(rate["native"] / rate["open_loop"], 3),
+        "ratio_one_lane": round(rate["native_one_lane"] / rate["open_loop"], 3),
+        "cpu_ratio": round(min(cpu["open_loop"]) / min(cpu["native"]), 3),
+        **{f"{k}_s": [round(t, 3) for t in v] for k, v in wall.items()},
     }
 
 

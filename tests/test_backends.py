@@ -5,8 +5,8 @@ Actions are a smooth random sequence (AR(1) noise, stationary std 0.5, clipped t
 a policy produces; start states are the tasks' own reset distribution. Measured bounds (CPU):
 
 - native vs Gymnasium's own environment (``gymnasium.make``): bit-identical over NATIVE_STEPS = 300
-  control steps for every task (Ant's reward differs by 2e-16: Gymnasium sums its terms in another
-  order); asserted to NATIVE_ATOL = 1e-12.
+  control steps for every task, with the batch in one lane or two (Ant's reward differs by 2e-16:
+  Gymnasium sums its terms in another order); asserted to NATIVE_ATOL = 1e-12.
 - MJX in float64 (``jax.enable_x64``) vs native over MJX64_STEPS = 100 steps: max |error| 3.7e-6 for
   Ant (its contacts amplify round-off), 1.3e-8 HalfCheetah, <= 3e-12 Hopper and Walker2d; asserted to
   MJX64_ATOL = 1e-4. The two compute the same physics; no modelling difference is left.
@@ -76,9 +76,9 @@ def gymnasium_run(task, seed: int, actions: np.ndarray):
     return qpos, qvel, Trajectory(obs0, obs, rewards.astype(float), terminated.astype(bool))
 
 
-def native_batch_run(task, qpos, qvel, actions) -> list[Trajectory]:
+def native_batch_run(task, qpos, qvel, actions, lanes: int = 1) -> list[Trajectory]:
     """Env i of one threaded batch from (qpos[i], qvel[i]) with actions[i] (B, T, act_dim)."""
-    with NativeBatch(task, len(qpos), n_threads=2) as batch:
+    with NativeBatch(task, len(qpos), n_threads=2, lanes=lanes) as batch:
         obs0 = batch.reset(qpos, qvel)
         steps = [batch.step(actions[:, t]) for t in range(actions.shape[1])]
     obs, rewards, terminated = (np.stack(x, axis=1) for x in zip(*steps))
@@ -124,8 +124,9 @@ def test_native_matches_gymnasium(name):
     starts, expected = zip(*[(gym[:2], gym[2]) for gym in
                              (gymnasium_run(task, s, actions[i]) for i, s in enumerate(SEEDS))])
     qpos, qvel = (np.stack(x) for x in zip(*starts))
-    for seed, got, want in zip(SEEDS, native_batch_run(task, qpos, qvel, actions), expected):
-        assert_agree(got, want, NATIVE_ATOL, NATIVE_ATOL, f"{name} seed {seed}")
+    for lanes in (1, 2):
+        for seed, got, want in zip(SEEDS, native_batch_run(task, qpos, qvel, actions, lanes), expected):
+            assert_agree(got, want, NATIVE_ATOL, NATIVE_ATOL, f"{name} seed {seed}, {lanes} lane(s)")
 
 
 # -- MJX input checks (no compilation) ----------------------------------------------------------

@@ -1,0 +1,175 @@
+"""The native backend's fast paths (batched physics, two lanes, a helper thread) change no result.
+
+``reference_run`` is the plain algorithm the backend had before them: one ``MjData`` per env stepped
+in a Python loop, the policies of all envs evaluated in one call per control step, noise for all
+envs drawn at once. ``run_policies`` must reproduce it bit for bit (datasets are content-hashed):
+returns, lengths, terminations, every recorded array and the generator's state afterwards.
+"""
+
+from __future__ import annotations
+
+import mujoco
+import numpy as np
+import pytest
+
+from evaluators.native import LANE_MIN_ENVS, NativeBatch, run_policies
+from evaluators.policy import ACTION_LIMIT, batched_policy_mean, init_policy, stack
+from evaluators.tasks import TASKS
+
+
+def reference_run(task, params, policy_index, qpos0, qvel0, horizon, action_rng):
+    model = task.load_model()
+    B, P = len(policy_index), len(params["log_std"])
+    datas = [mujoco.MjData(model) for _ in range(B)]
+    qpos, qvel = np.zeros((B, model.nq)), np.zeros((B, model.nv))
+    cfrc, torso = np.zeros((B, model.nbody, 6)), np.zeros((B, 3))
+
+    def gather(i):
+        d = datas[i]
+        qpos[i], qvel[i], cfrc[i], torso[i] = d.qpos, d.qvel, d.cfrc_ext, d.xpos[1]
+
+    for i, d in enumerate(datas):
+        mujoco.mj_resetData(model, d)
+        d.qpos[:], d.qvel[:] = qpos0[i], qvel0[i]
+        mujoco.mj_forward(model, d)
+        gather(i)
+    slot = np.zeros(B, int)
+    for p in range(P):
+        members = np.flatnonzero(policy_index == p)
+        slot[members] = np.arange(len(members))
+    grid = np.zeros((P, int(np.bincount(policy_index, minlength=P).max()), task.obs_dim))
+    std = np.exp(params["log_std"])[policy_index]
+    active, returns, lengths, terminated = np.ones(B, bool), np.zeros(B), np.zeros(B, int), np.zeros(B, bool)
+    rec = {k: [] for k in ("obs", "act", "rew", "qpos", "qvel")}
+    for _ in range(horizon):
+        obs = task.observe(np, qpos, qvel, cfrc)
+        grid[policy_index, slot] = obs
+        mean = batched_policy_mean(params, grid)[policy_index, slot]
+        action = np.clip(mean + std * action_rng.standard_normal(mean.shape), -ACTION_LIMIT, ACTION_LIMIT)
+        rec["obs"].append(obs.astype(np.float32))
+        rec["act"].append(action.astype(np.float32))
+        rec["qpos"].append(qpos.copy())
+        rec["qvel"].append(qvel.copy())
+        x_before = task.forward_position(qpos, torso).copy()
+        for i in np.flatnonzero(active):
+            datas[i].ctrl[:] = action[i]
+            mujoco.mj_step(model, datas[i], task.frame_skip)
+            if task.uses_contact_forces:
+                mujoco.mj_rnePostConstraint(model, datas[i])
+            gather(i)
+        healthy = task.healthy(np, qpos, qvel)
+        reward = task.reward(np, x_before, task.forward_position(qpos, torso), action, healthy, cfrc)
+        reward = np.where(active, reward, 0.0)
+        rec["rew"].append(reward.astype(np.float32))
+        returns += reward
+        lengths += active
+        term = task.terminated(np, healthy)
+        terminated |= active & term
+        active &= ~term
+        if not active.any():
+            break
+    recorded = {k: np.stack(v, axis=1) for k, v in rec.items()}
+    return returns, lengths, terminated, recorded, qpos, qvel
+
+
+def policies(task, n, seed):
+    return stack([init_policy(np.random.default_rng([seed, i]), task.obs_dim, task.act_dim, out_scale=1.0)
+                  for i in range(n)])
+
+
+@pytest.mark.parametrize("name", list(TASKS))
+@pytest.mark.parametrize("n_envs", [5, 2 * LANE_MIN_ENVS + 3])
+@pytest.mark.parametrize("layout", ["random", "sorted"])
+def test_run_policies_reproduces_the_reference_bit_for_bit(name, n_envs, layout):
+    """A random policy per env (as datasets do); sorted by policy (as scoring does), each lane has its own."""
+    task, horizon = TASKS[name], 40
+    params = policies(task, 3, seed=4)
+    policy_index = np.random.default_rng(1).integers(3, size=n_envs)
+    if layout == "sorted":
+        policy_index = np.sort(policy_index)
+    qpos0, qvel0 = task.initial_states(n_envs, seed=2)
+    want_rng, got_rng = np.random.default_rng(9), np.random.default_rng(9)
+    returns, lengths, terminated, rec, qpos, qvel = reference_run(task, params, policy_index, qpos0, qvel0,
+                                                                  horizon, want_rng)
+    with NativeBatch(task, n_envs, n_threads=2) as batch:
+        assert len(batch.lanes) == (2 if n_envs >= 2 * LANE_MIN_ENVS else 1)
+        got = run_policies(batch, params, policy_index, qpos0, qvel0, horizon, got_rng, record=True)
+    steps = rec["rew"].shape[1]
+    np.testing.assert_array_equal(got.returns, returns)
+    np.testing.assert_array_equal(got.lengths, lengths)
+    np.testing.assert_array_equal(got.terminated, terminated)
+    for key, field in [("obs", "observations"), ("act", "actions"), ("rew", "rewards"), ("qpos", "qpos"),
+                       ("qvel", "qvel")]:
+        recorded = getattr(got, field)
+        np.testing.assert_array_equal(recorded[:, :steps], rec[key], err_msg=field)
+        assert not recorded[:, steps:].any(), f"{field} after the last step must stay zero"
+    np.testing.assert_array_equal(got.final_qpos, qpos)
+    np.testing.assert_array_equal(got.final_qvel, qvel)
+    assert got_rng.bit_generator.state == want_rng.bit_generator.state
+
+
+@pytest.mark.parametrize("falls_first", [0, 1])
+def test_early_end_when_every_env_terminates(falls_first):
+    """Hopper with strong random policies falls within the horizon: the run stops, as the reference does.
+
+    One lane starts too low and is done after its first step while the other lane goes on.
+    """
+    task, n_envs, horizon = TASKS["hopper"], 2 * LANE_MIN_ENVS + 1, 400
+    params = policies(task, 2, seed=0)
+    policy_index = np.arange(n_envs) % 2
+    qpos0, qvel0 = task.initial_states(n_envs, seed=3)
+    want_rng, got_rng = np.random.default_rng(5), np.random.default_rng(5)
+    with NativeBatch(task, n_envs, n_threads=2) as batch:
+        low = batch.lanes[falls_first].rows
+        qpos0[low, 1] = 0.5
+        got = run_policies(batch, params, policy_index, qpos0, qvel0, horizon, got_rng)
+    returns, lengths, *_ = reference_run(task, params, policy_index, qpos0, qvel0, horizon, want_rng)
+    assert lengths.max() < horizon, "the test needs every env to terminate"
+    assert (lengths[low] == 1).all() and lengths.max() > 1
+    np.testing.assert_array_equal(got.returns, returns)
+    np.testing.assert_array_equal(got.lengths, lengths)
+    assert got_rng.bit_generator.state == want_rng.bit_generator.state
+
+
+def test_deterministic_runs_and_empty_batch():
+    task = TASKS["walker2d"]
+    params = policies(task, 2, seed=1)
+    qpos0, qvel0 = task.initial_states(20, seed=0)
+    idx = np.arange(20) % 2
+    with NativeBatch(task, 20) as batch:
+        first = run_policies(batch, params, idx, qpos0, qvel0, 30)
+        again = run_policies(batch, params, idx, qpos0, qvel0, 30)
+    with NativeBatch(task, 20, n_threads=1) as batch:
+        single = run_policies(batch, params, idx, qpos0, qvel0, 30)
+    for other in (again, single):
+        np.testing.assert_array_equal(first.returns, other.returns)
+        np.testing.assert_array_equal(first.final_qpos, other.final_qpos)
+    with NativeBatch(task, 0) as batch:
+        empty = run_policies(batch, params, np.zeros(0, int), qpos0[:0], qvel0[:0], 30, record=True)
+    assert empty.returns.shape == (0,) and empty.observations.shape == (0, 30, task.obs_dim)
+
+
+def test_partial_reset_and_masked_step_of_a_two_lane_batch():
+    """PPO's use: step with a mask, reset some envs in any order; as the same envs stepped alone."""
+    task, n = TASKS["ant"], 2 * LANE_MIN_ENVS
+    qpos, qvel = task.initial_states(n, seed=0)
+    actions = np.random.default_rng(0).uniform(-1, 1, (n, task.act_dim))
+    active = np.arange(n) % 3 != 0
+    which = np.array([n - 1, 2, n // 2])
+    with NativeBatch(task, n) as batch, NativeBatch(task, 1) as alone:
+        assert len(batch.lanes) == 2
+        batch.reset(qpos, qvel)
+        batch.step(actions, active)
+        batch.reset(qpos[:3][::-1], qvel[:3][::-1], which)
+        obs, reward, term = batch.step(actions)
+        for i in range(n):
+            j = {n - 1: 2, 2: 1, n // 2: 0}.get(i)
+            if j is None:
+                alone.reset(qpos[i:i + 1], qvel[i:i + 1])
+                if active[i]:
+                    alone.step(actions[i:i + 1])
+            else:
+                alone.reset(qpos[j:j + 1], qvel[j:j + 1])
+            o, r, t = alone.step(actions[i:i + 1])
+            np.testing.assert_array_equal(obs[i], o[0])
+            assert reward[i] == r[0] and term[i] == t[0]
