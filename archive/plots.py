@@ -77,23 +77,34 @@ def plot_heatmap(qd_archive: QDArchive, path: str) -> str:
     return _save(fig, path)
 
 
-def plot_fitness_over_time(candidates: Sequence[Mapping], path: str, baseline: float | None = None) -> str:
-    """Fitness of each evaluated candidate (rows with `fitness`, in evaluation order) and the best so far;
-    `baseline`: a horizontal line, e.g. the best zoo baseline's fitness."""
-    fitness = np.array([c["fitness"] for c in candidates if c.get("fitness") is not None], dtype=float)
-    fig, (ax,) = _figure(width=7.0)
+def plot_fitness_over_time(candidates: Sequence[Mapping], path: str, baseline: float | None = None,
+                           baseline_name: str = "", pi_ref: float | None = None) -> str:
+    """Fitness of each evaluated candidate (rows with `fitness`, in evaluation order; zoo baselines and
+    found losses marked differently) and the best found so far; `baseline` (the best baseline, named by
+    `baseline_name`) and `pi_ref` as horizontal lines.  The legend sits outside the axes."""
+    rows = [c for c in candidates if c.get("fitness") is not None]
+    fitness = np.array([c["fitness"] for c in rows], dtype=float)
+    zoo = np.array([c.get("origin") == "zoo" for c in rows], dtype=bool)
+    fig, (ax,) = _figure(width=8.5)
     index = np.arange(1, len(fitness) + 1)
-    if len(fitness):
-        ax.scatter(index, fitness, s=10, alpha=0.5, label="candidate")
-        ax.step(index, np.maximum.accumulate(fitness), where="post", color="C1", label="best so far")
+    if zoo.any():
+        ax.scatter(index[zoo], fitness[zoo], s=22, marker="s", color="0.45", label="zoo loss")
+    if (~zoo).any():
+        ax.scatter(index[~zoo], fitness[~zoo], s=12, alpha=0.6, color="C0", label="found loss")
+        best = np.maximum.accumulate(np.where(zoo, -np.inf, fitness))
+        shown = np.isfinite(best)
+        ax.step(index[shown], best[shown], where="post", color="C1", label="best found so far")
     if baseline is not None:
-        ax.axhline(baseline, color="C3", linestyle="--", label=f"best baseline ({baseline:.1f})")
+        ax.axhline(baseline, color="C3", linestyle="--",
+                   label=f"best baseline{f' {baseline_name}' if baseline_name else ''} ({baseline:.1f})")
+    if pi_ref is not None:
+        ax.axhline(pi_ref, color="C2", linestyle=":", label=f"pi_ref ({pi_ref:.1f})")
     ax.set_xlabel("evaluation")
     ax.xaxis.get_major_locator().set_params(integer=True)
-    ax.set_ylabel("fitness (normalised return)")
+    ax.set_ylabel("fitness (normalised return, search seeds)")
     ax.set_title(f"{len(fitness)} evaluated candidates")
-    if len(fitness) or baseline is not None:
-        ax.legend(loc="lower right")
+    if len(fitness) or baseline is not None or pi_ref is not None:
+        ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0, fontsize=8)
     ax.grid(alpha=0.3)
     return _save(fig, path)
 

@@ -8,7 +8,9 @@ from typing import Iterable
 
 # (kind, pattern), first match wins; patterns see the reason without its "objective N: " / "invalid: " prefix
 KINDS: tuple[tuple[str, str], ...] = (
+    ("duplicate behaviour", r"^duplicate .*same gradients"),
     ("duplicate", r"^duplicate"),
+    ("label-blind", r"^label-blind"),
     ("loss not finite", r"^loss is not finite"),
     ("gradient not finite", r"^gradient .*not finite"),
     ("phi_inv not finite", r"^phi_inv\(u\) or its derivative is not finite"),

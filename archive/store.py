@@ -46,6 +46,9 @@ if TYPE_CHECKING:
 BUSY_TIMEOUT_S = 30.0
 DEDUPE_DIGITS = 4  # significant digits of constants in the dedupe key
 LOCK_KEY = "lock"  # state key of the run lock
+REPORT_KEY = "final_report"  # state key of a run's final report (discovery.report)
+PI_REF_KEY = "pi_ref"  # state key of pi_ref's fitness on the search protocol (generation 0)
+RACING_KEY = "racing"  # state key: seed units trained for found candidates, and what the cap for all would take
 RUN_STATUSES = ("running", "finished", "interrupted", "failed")
 CANDIDATE_STATUSES = ("evaluated", "rejected", "failed")
 ORDER_COLUMNS = ("id", "fitness", "fresh_fitness", "complexity", "generation", "created")
@@ -54,6 +57,8 @@ SCORE_FIELDS = ("task", "dataset", "seed", "score", "returns", "stop_reason")
 _MIGRATIONS = {  # version -> statements that bring an archive of that version to the next one
     1: ["ALTER TABLE exchanges ADD COLUMN rejections TEXT NOT NULL DEFAULT '[]'",
         "ALTER TABLE exchanges ADD COLUMN answer_shape TEXT"],
+    2: ["ALTER TABLE candidates ADD COLUMN behaviour TEXT", "ALTER TABLE candidates ADD COLUMN units INTEGER",
+        "CREATE INDEX candidates_behaviour ON candidates (run_id, behaviour)"],
 }
 
 _SCHEMA = """
@@ -103,10 +108,13 @@ CREATE TABLE candidates (
     fresh_ci95 REAL,
     descriptors TEXT NOT NULL,           -- JSON object name -> value
     exchange_id INTEGER REFERENCES exchanges(id),
-    seconds REAL
+    seconds REAL,
+    behaviour TEXT,                      -- gradient fingerprint (grammar.validity), NULL when not checked
+    units INTEGER                        -- seed units behind fitness (raced: more for promising candidates)
 );
 CREATE INDEX candidates_run ON candidates (run_id, id);
 CREATE INDEX candidates_dedupe ON candidates (run_id, dedupe_key);
+CREATE INDEX candidates_behaviour ON candidates (run_id, behaviour);
 CREATE TABLE scores (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     candidate_id INTEGER NOT NULL REFERENCES candidates(id),
@@ -165,7 +173,7 @@ def dedupe_key(objective: Objective) -> str:
 
 
 class ArchiveStore:
-    SCHEMA_VERSION = 2
+    SCHEMA_VERSION = 3
 
     def __init__(self, path: str | os.PathLike, *, readonly: bool = False):
         """Open (and, unless `readonly`, create) the archive at `path`.
@@ -356,7 +364,8 @@ class ArchiveStore:
                       parents: Sequence[int] = (), status: str, reason: str = "",
                       fitness: float | None = None, ci95: float | None = None,
                       descriptors: Mapping[str, float] | None = None, scores: Sequence[Mapping] = (),
-                      exchange_id: int | None = None, seconds: float | None = None) -> int:
+                      exchange_id: int | None = None, seconds: float | None = None,
+                      behaviour: str | None = None, units: int | None = None) -> int:
         """Store one proposal and its search-seed scores; returns its id.  An "evaluated" candidate needs a
         finite fitness; parents and the exchange must already be in the archive."""
         from grammar.canonical import complexity, structure_hash
@@ -378,11 +387,12 @@ class ArchiveStore:
             candidate_id = self.conn.execute(
                 "INSERT INTO candidates (run_id, created, generation, origin, parents, objective, formula, "
                 "structure_hash, dedupe_key, complexity, status, reason, fitness, ci95, descriptors, "
-                "exchange_id, seconds) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "exchange_id, seconds, behaviour, units) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, "
+                "?, ?)",
                 (run_id, _now(), int(generation), str(origin), _dumps(parents), *record, status, str(reason),
                  _optional_float(fitness), _optional_float(ci95),
                  _dumps({str(k): float(v) for k, v in (descriptors or {}).items()}), exchange_id,
-                 _optional_float(seconds))).lastrowid
+                 _optional_float(seconds), behaviour, None if units is None else int(units))).lastrowid
             self._insert_scores(candidate_id, scores, fresh=False)
         return candidate_id
 
@@ -428,7 +438,8 @@ class ArchiveStore:
                 "complexity": row["complexity"], "status": row["status"], "reason": row["reason"],
                 "fitness": row["fitness"], "ci95": row["ci95"], "fresh_fitness": row["fresh_fitness"],
                 "fresh_ci95": row["fresh_ci95"], "descriptors": json.loads(row["descriptors"]),
-                "exchange_id": row["exchange_id"], "seconds": row["seconds"]}
+                "exchange_id": row["exchange_id"], "seconds": row["seconds"],
+                **{k: row[k] if k in row.keys() else None for k in ("behaviour", "units")}}  # older readers
 
     def candidate(self, candidate_id: int) -> dict:
         return self._candidate_dict(self._candidate_row(candidate_id))
@@ -473,6 +484,11 @@ class ArchiveStore:
         rows = self._rows("SELECT min(id) FROM candidates WHERE run_id = ? AND dedupe_key = ?",
                           (run_id, dedupe_key(objective)))
         return rows[0][0]
+
+    def seen_behaviour(self, run_id: int, behaviour: str) -> int | None:
+        """Id of the earliest candidate of the run with this gradient fingerprint."""
+        return self._rows("SELECT min(id) FROM candidates WHERE run_id = ? AND behaviour = ?",
+                          (run_id, behaviour))[0][0]
 
     def lineage(self, candidate_id: int) -> list[dict]:
         """The candidate and all its ancestors, nearest first (breadth-first; each once).  Each dict also

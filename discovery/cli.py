@@ -273,8 +273,16 @@ def run(
     descriptors: str = typer.Option("complexity,saturation",
                                     help="QD grid axes: name or name=low:high:bins, comma-separated"),
     baseline: list[str] = typer.Option(None, help="zoo objectives of generation 0 (repeatable; default all)"),
-    top_k: int = typer.Option(3, min=1, help="elites re-evaluated on fresh seeds at the end"),
-    fresh_seeds: int = typer.Option(5, min=2, help="pi_ref seeds of the re-evaluation on fresh seeds and data"),
+    top_k: int = typer.Option(3, min=1, help="finalists of the final report (top elites of distinct behaviour)"),
+    fresh_seeds: int = typer.Option(5, min=2, help="pi_ref seeds of the final report (fresh seeds, test data seed)"),
+    max_seeds: int = typer.Option(8, min=1, help="racing cap: training seeds a promising candidate may get "
+                                                 "(rungs double from --seeds)"),
+    allow_non_monotone: bool = typer.Option(False, "--allow-non-monotone",
+                                            help="also search losses that are not monotone in the preferences"),
+    holdout: list[str] = typer.Option(None, help="TASK:VARIANT scored only in the final report, in its own "
+                                                 "column (repeatable; e.g. hopper:noisy:0.2)"),
+    report_baselines: str = typer.Option("tuned", help="baselines of the final report: tuned (the suite's "
+                                                       "tuned settings, tuned once per task x variant) or default"),
     seed: int = typer.Option(0, help="seed of the whole search"),
     archive: str = typer.Option(DEFAULT_ARCHIVE, help="SQLite archive file"),
     resume: bool = typer.Option(False, "--resume", help="continue the archive's latest (or --run) run with its "
@@ -295,7 +303,8 @@ def run(
         raise ValueError("--run: picks the run to continue and needs --resume (without it a new run starts)")
     cfg = _search_config(task, dataset, seeds, episodes, steps, pairs, segment_length, reference_steps, batch,
                          backend, budget_evals, budget_minutes, gp, es, llm, llm_provider, llm_model, llm_base_url,
-                         llm_max_calls, llm_timeout, es_strategy, descriptors, baseline, top_k, fresh_seeds, seed)
+                         llm_max_calls, llm_timeout, es_strategy, descriptors, baseline, top_k, fresh_seeds, seed,
+                         max_seeds, allow_non_monotone, holdout, report_baselines)
     changes, replay = {}, None
     if resume:
         if not os.path.isfile(archive):
@@ -331,7 +340,8 @@ def run(
 
 def _search_config(task, dataset, seeds, episodes, steps, pairs, segment_length, reference_steps, batch, backend,
                    budget_evals, budget_minutes, gp, es, llm, llm_provider, llm_model, llm_base_url, llm_max_calls,
-                   llm_timeout, es_strategy, descriptors, baseline, top_k, fresh_seeds, seed):
+                   llm_timeout, es_strategy, descriptors, baseline, top_k, fresh_seeds, seed, max_seeds=8,
+                   allow_non_monotone=False, holdout=None, report_baselines="tuned"):
     """The `SearchConfig` the options of `discover run` describe (not validated yet)."""
     from dataclasses import replace
 
@@ -361,7 +371,9 @@ def _search_config(task, dataset, seeds, episodes, steps, pairs, segment_length,
     return SearchConfig(fitness=fitness, seed=seed, max_evaluations=budget_evals or None,
                         max_seconds=budget_minutes * 60 or None, weights={"gp": gp, "es": es, "llm": llm},
                         es=ESConfig(strategy=es_strategy), llm=llm_cfg, descriptors=descriptors,
-                        baselines=tuple(baseline or ()), top_k=top_k, fresh_seeds=fresh_seeds)
+                        baselines=tuple(baseline or ()), top_k=top_k, fresh_seeds=fresh_seeds, max_seeds=max_seeds,
+                        allow_non_monotone=allow_non_monotone, holdouts=tuple(holdout or ()),
+                        report_baselines=report_baselines)
 
 
 def _shown(setting: str, value) -> str:
@@ -428,7 +440,7 @@ def _search(search, archive: str) -> None:
 
     from rich.live import Live
 
-    from discovery.live import fresh_table, live_view, progress_line
+    from discovery.live import live_view, progress_line, report_table
 
     if search.llm_note:
         console.print(f"[yellow]{search.llm_note}[/yellow]", highlight=False)
@@ -452,27 +464,35 @@ def _search(search, archive: str) -> None:
     try:
         with live or nullcontext():
             search.run(on_generation=on_generation)
-            refresh("re-evaluating the best on fresh seeds")
-            rows = search.fresh_evaluation()
+            refresh("final report: finalists and baselines on the test data seed with fresh seeds")
+            report = search.final_report()
     except KeyboardInterrupt:
         console.print(f"[yellow]interrupted[/yellow]: generations up to {search.generation - 1} are committed; "
                       f"continue with `discover run --resume --archive {archive}`")
         raise typer.Exit(130)
-    console.print(fresh_table(rows, search.cfg.fresh_seeds))
-    _write_run_plots(search, os.path.join(os.path.dirname(archive) or ".", "plots"))
+    console.print(report_table(report))
+    _write_run_plots(search, report, os.path.join(os.path.dirname(archive) or ".", "plots"))
 
 
-def _write_run_plots(search, folder: str) -> None:
+def _write_run_plots(search, report: dict, folder: str) -> None:
+    """The heat map, the fitness curve and the final report (Markdown and JSON), side by side."""
+    import json
+
     from archive.plots import plot_fitness_over_time, plot_heatmap
+    from discovery.report import markdown
 
     os.makedirs(folder, exist_ok=True)
-    heat = os.path.join(folder, f"run{search.run_id}-map.png")
-    curve = os.path.join(folder, f"run{search.run_id}-fitness.png")
-    plot_heatmap(search.qd, heat)
+    stem = os.path.join(folder, f"run{search.run_id}")
+    plot_heatmap(search.qd, stem + "-map.png")
     best_baseline = search.best_baseline()
-    plot_fitness_over_time(search.store.candidates(search.run_id, with_objective=False), curve,
-                           baseline=best_baseline[1] if best_baseline else None)
-    console.print(f"wrote {heat}, {curve}", highlight=False)
+    plot_fitness_over_time(search.store.candidates(search.run_id, with_objective=False), stem + "-fitness.png",
+                           baseline=best_baseline[1] if best_baseline else None,
+                           baseline_name=best_baseline[0] if best_baseline else "", pi_ref=search.pi_ref_fitness())
+    with open(stem + "-report.md", "w") as f:
+        f.write(markdown(report))
+    with open(stem + "-report.json", "w") as f:
+        json.dump(report, f, indent=1)
+    console.print(f"wrote {stem}-map.png, {stem}-fitness.png, {stem}-report.md, {stem}-report.json", highlight=False)
 
 
 @app.command("export")

@@ -17,6 +17,7 @@ from rich.markup import escape
 from rich.table import Table
 from rich.tree import Tree
 
+from archive.store import PI_REF_KEY, REPORT_KEY
 from discovery.text import printable
 from discovery.ui import console, user_errors
 
@@ -68,6 +69,11 @@ def _pm(value: float | None, ci: float | None = None, digits: int = 1) -> str:
     return f"{value:.{digits}f} ± {ci:.{digits}f}"
 
 
+def _scored(c: dict) -> str:
+    """Fitness with its CI (none is stored from fewer than 3 seed units) and the units behind it."""
+    return _pm(c["fitness"], c["ci95"]) + (f" (n={c['units']})" if c.get("units") else "")
+
+
 def _origin(c: dict) -> str:
     from archive.qd import BASELINE_ORIGIN
 
@@ -104,11 +110,13 @@ def _summary(store, run: dict, specs) -> str:
                                          with_objective=False)
              if c["origin"] != BASELINE_ORIGIN][:1]
     baselines = _baselines(store, run["id"])
-    parts = [f"run {run['id']} ({run['status']}, seed {run['seed']}, code {run['code_version']})",
+    space = "any loss (--allow-non-monotone)" if run["config"].get("allow_non_monotone") else \
+        "monotone preference losses"
+    parts = [f"run {run['id']} ({run['status']}, seed {run['seed']}, code {run['code_version']}, searched {space})",
              f"{sum(counts.values())} candidates: " + ", ".join(f"{n} {s}" for s, n in counts.items()),
              f"coverage {qd.coverage:.0%} of {qd.n_cells} cells ({' x '.join(qd.names)})",
              f"QD-score {qd.qd_score:.1f}",
-             "best found " + (f"{found[0]['fitness']:.1f} (#{found[0]['id']})" if found else "-"),
+             "best found " + (f"{_scored(found[0])} (#{found[0]['id']})" if found else "-"),
              "best baseline " + (f"{baselines[0]['fitness']:.1f} ({baselines[0]['name']})"
                                  if baselines else "-")]
     return " | ".join(parts[:2]) + "\n" + " | ".join(parts[2:])
@@ -140,13 +148,13 @@ def list_candidates(
                                 descending=descending != reverse, limit=limit or None)
         console.print(_summary(store, r, _specs(r, descriptors)), highlight=False)
         table = Table(title=f"run {r['id']}: {len(rows)} candidate(s), by {sort}")
-        for name, justify in (("id", "right"), ("gen", "right"), ("origin", "left"), ("fitness ± ci", "right"),
+        for name, justify in (("id", "right"), ("gen", "right"), ("origin", "left"), ("fitness ± ci (n)", "right"),
                               ("fresh ± ci", "right"), ("complexity", "right"), ("descriptors", "left"),
                               ("formula", "left")):
             table.add_column(name, justify=justify, no_wrap=True, overflow="ellipsis",
                              min_width=None if name == "formula" else len(name))
         for c in rows:
-            fitness = _pm(c["fitness"], c["ci95"]) if c["status"] == "evaluated" else f"[dim]{c['status']}[/dim]"
+            fitness = _scored(c) if c["status"] == "evaluated" else f"[dim]{c['status']}[/dim]"
             table.add_row(str(c["id"]), str(c["generation"]), _origin(c), fitness,
                           _pm(c["fresh_fitness"], c["fresh_ci95"]), f"{c['complexity']:.0f}", _descriptors(c),
                           c["objective"].short_text(max(16, console.width - LIST_FIXED_WIDTH)))
@@ -181,9 +189,10 @@ def _print_llm_refusals(store, run_id: int, limit: int) -> None:
 
 # ---------------------------------------------------------------------------------------------- show
 def _per_combo(rows: list[dict]) -> dict[tuple[str, str], str]:
-    """'mean ± 95% CI over seeds' per (task, dataset) from score rows."""
+    """'mean ± 95% CI over seeds' per (task, dataset) from score rows (no CI from fewer than 3 seeds)."""
     import numpy as np
 
+    from discovery.racing import MIN_CI_UNITS
     from evaluators.scoring import mean_ci95
 
     by_combo = defaultdict(list)
@@ -192,7 +201,7 @@ def _per_combo(rows: list[dict]) -> dict[tuple[str, str], str]:
     out = {}
     for combo, values in by_combo.items():
         mean, ci = mean_ci95(np.asarray(values, dtype=float))
-        out[combo] = f"{_pm(float(mean), float(ci))} (n={len(values)})"
+        out[combo] = f"{_pm(float(mean), float(ci) if len(values) >= MIN_CI_UNITS else None)} (n={len(values)})"
     return out
 
 
@@ -249,7 +258,7 @@ def show(candidate_id: int = typer.Argument(..., help="candidate id"), archive: 
                       + (f"  ({c['seconds']:.1f} s)" if c["seconds"] is not None else ""), highlight=False)
         if c["reason"]:
             console.print(f"reason: {c['reason']}", highlight=False)
-        console.print(f"fitness {_pm(c['fitness'], c['ci95'])}   fresh seeds {_pm(c['fresh_fitness'], c['fresh_ci95'])}"
+        console.print(f"fitness {_scored(c)}   fresh seeds {_pm(c['fresh_fitness'], c['fresh_ci95'])}"
                       f"   complexity {c['complexity']:.0f}   {_descriptors(c)}", highlight=False)
         parts = Table(title=f"formula ({obj.shape} shape)", show_header=False)
         for part, expr in obj.parts().items():
@@ -267,6 +276,11 @@ def show(candidate_id: int = typer.Argument(..., help="candidate id"), archive: 
             console.print(ct)
         scores = _scores_table(store, c, _baselines(store, compare_run))
         console.print(scores if scores is not None else "no scores recorded")
+        report = store.get_state(c["run_id"], REPORT_KEY)
+        if report:
+            from discovery.live import report_table
+
+            console.print(report_table(report))
         console.print(_lineage_table(store, c["id"]))
         if c["exchange_id"] is not None:
             _print_exchange(store.exchange(c["exchange_id"]))
@@ -345,7 +359,10 @@ def map_(archive: str = ArchiveOpt, run: int = RunOpt, plots: str = PlotsOpt, de
         search = [c for c in evaluated if c["origin"] != BASELINE_ORIGIN]
         baseline = max((c["fitness"] for c in evaluated if c["origin"] == BASELINE_ORIGIN), default=None)
         heat = plot_heatmap(qd, os.path.join(plots, f"run-{r['id']}-map.png"))
-        over_time = plot_fitness_over_time(search, os.path.join(plots, f"run-{r['id']}-fitness.png"), baseline)
+        best = max((c for c in evaluated if c["origin"] == BASELINE_ORIGIN), key=lambda c: c["fitness"], default=None)
+        over_time = plot_fitness_over_time(evaluated, os.path.join(plots, f"run-{r['id']}-fitness.png"), baseline,
+                                           best["name"] if best else "",
+                                           (store.get_state(r["id"], PI_REF_KEY) or {}).get("fitness"))
         console.print(f"heat map: {heat}\nfitness over time: {over_time}", highlight=False)
 
 

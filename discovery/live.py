@@ -7,17 +7,20 @@ from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
-from discovery.search import FreshRow, Generation, Search
+from discovery.report import racing_line, table_rows
+from discovery.search import Generation, Search
 from discovery.text import printable
 
 RECENT_ELITES = 6
 TOP_REASONS = 6
 
 
-def _fmt(x: float | None, ci: float | None = None) -> str:
+def _fmt(x: float | None, ci: float | None = None, units: int | None = None) -> str:
+    """A score, its CI when there is one (none is stored from fewer than 3 units), and its seed units."""
     if x is None:
         return "—"
-    return f"{x:6.1f} ± {ci:4.1f}" if ci is not None else f"{x:6.1f}"
+    n = f" (n={units})" if units else ""
+    return (f"{x:6.1f} ± {ci:4.1f}" if ci is not None else f"{x:6.1f}") + n
 
 
 def _budget(search: Search) -> str:
@@ -39,7 +42,8 @@ def progress_line(search: Search, g: Generation) -> str:
     """One generation as one line, for output that is not a terminal (a log file, CI, nohup)."""
     found, baseline = search.best(), search.best_baseline()
     return (f"generation {g.index} {g.proposer}: {g.evaluated} trained, {g.rejected} rejected | {_budget(search)}"
-            f" | {_rate(search)} evals/s | best found {_fmt(found and found['fitness']).strip()}"
+            f" | {_rate(search)} evals/s | best found "
+            f"{_fmt(found and found['fitness'], found and found['ci95'], found and found['units']).strip()}"
             + (f" vs {baseline[0]} {baseline[1]:.1f}" if baseline else "")
             + f" | coverage {search.qd.coverage:.0%}" + (f" | {printable(g.note)}" if g.note else ""))
 
@@ -51,7 +55,7 @@ def live_view(search: Search, history: list[Generation], status: str) -> Panel:
     head.add_row("run", f"#{search.run_id}", "generation", str(search.generation), "budget", _budget(search))
     head.add_row("evals/s", _rate(search), "coverage", f"{search.qd.coverage:.0%}",
                  "QD-score", f"{search.qd.qd_score:.0f}")
-    head.add_row("best found", _fmt(found and found["fitness"], found and found["ci95"]),
+    head.add_row("best found", _fmt(found and found["fitness"], found and found["ci95"], found and found["units"]),
                  "best baseline", f"{baseline[0]} {baseline[1]:.1f}" if baseline else "—",
                  "archive best", f"#{best.candidate_id} {best.fitness:.1f}" if best else "—")
 
@@ -62,7 +66,7 @@ def live_view(search: Search, history: list[Generation], status: str) -> Panel:
     recent = [cid for g in history for cid in g.improved][-RECENT_ELITES:]
     for cid in reversed(recent):
         c = search.store.candidate(cid)
-        elites.add_row(str(cid), str(c["generation"]), c["origin"], _fmt(c["fitness"], c["ci95"]),
+        elites.add_row(str(cid), str(c["generation"]), c["origin"], _fmt(c["fitness"], c["ci95"], c["units"]),
                        c["objective"].short_text())
 
     reasons = Table(title="rejections by kind", title_justify="left", expand=True)
@@ -80,17 +84,16 @@ def live_view(search: Search, history: list[Generation], status: str) -> Panel:
     return Panel(Group(head, elites, reasons, line), title="discover run", border_style="cyan")
 
 
-def fresh_table(rows: list[FreshRow], seeds: int) -> Table:
-    """Elites and baselines on fresh seeds, best first, with the gap to the best baseline."""
-    zoo = [r for r in rows if r.origin == "zoo" and r.fitness is not None]
-    best_zoo = max(zoo, key=lambda r: r.fitness) if zoo else None
-    table = Table(title=f"fresh seeds: normalised score, mean ± 95% CI over {seeds} training seeds")
-    for col, justify in (("id", "right"), ("objective", "left"), ("origin", "left"), ("search", "right"),
-                         ("fresh", "right"), ("vs best baseline", "right"), ("formula", "left")):
-        table.add_column(col, justify=justify, overflow="fold" if col == "formula" else "ellipsis")
-    for r in rows:
-        gap = "" if best_zoo is None or r.fitness is None else f"{r.fitness - best_zoo.fitness:+.1f}"
-        style = "dim" if r.origin == "zoo" and r is not best_zoo else ("bold green" if r.origin != "zoo" else None)
-        table.add_row(str(r.candidate_id), r.name, r.origin, _fmt(r.search_fitness), _fmt(r.fitness, r.ci95),
-                      gap, r.formula if r.origin != "zoo" else "", style=style)
-    return table
+def report_table(report: dict) -> Group:
+    """The final report (`discovery.report`) as a terminal table, with the racing line under it."""
+    head, cells = table_rows(report)
+    table = Table(title=f"final report: {report['protocol']}; data seed {report['data_seed']}; baselines "
+                        f"{report['baselines']}; {report['test']}", title_justify="left")
+    for i, col in enumerate(head):
+        table.add_column(col, justify="left" if i == 0 else "right", overflow="fold")
+    for row, r in zip(cells, report["rows"]):
+        style = {"better": "bold green", "worse": "red", "does not use the preferences": "yellow"}.get(
+            r.get("verdict"), "dim" if r["kind"] == "baseline" and not r["best_baseline"] else None)
+        table.add_row(*row, style=style)
+    line = racing_line(report)
+    return Group(table, Text(line)) if line else Group(table)

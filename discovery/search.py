@@ -10,6 +10,11 @@ from the configured weights with a generator seeded by (run seed, generation):
 * ``llm`` objectives proposed by a language model from the archive's elites (`discovery.llm`); when the
           endpoint fails or every proposal is rejected, the generation is filled by GP instead.
 
+Every proposed loss is screened as a preference loss (monotone unless `allow_non_monotone`, able to use
+the labels, not a behavioural duplicate: `Search._screen`); the baselines are checked as published.
+Fitness is raced (`discovery.racing`): the zoo at the cap, every proposal at the first rung, the
+promising ones on more seeds.  `final_report` ends a run (`discovery.report`).
+
 Everything a generation produces (candidates, rejections, ES state, counters) is written in ONE
 transaction, so a killed process loses at most the generation in flight, and `resume` recomputes it
 exactly: every random choice derives from (seed, generation) and the committed archive. The same seed
@@ -24,6 +29,7 @@ those changes are kept for later resumes.
 from __future__ import annotations
 
 import dataclasses
+import math
 import subprocess
 import time
 import typing
@@ -36,12 +42,17 @@ import numpy as np
 from archive.descriptors import DescriptorError, describe, parse_descriptor_specs
 from archive.qd import HallOfFame, QDArchive
 from archive.rejections import group_rejections
-from archive.store import ArchiveStore, dedupe_key
+from archive.store import PI_REF_KEY, RACING_KEY, REPORT_KEY, ArchiveStore, dedupe_key
 from discovery.es import STRATEGIES, ConstantSearch, ESConfig
 from discovery.gp import GPConfig, tournament, vary
 from discovery.llm import LLMConfig, LLMProposer, llm_available
 from discovery.llm_prompt import PromptContext
-from evaluators.fitness import Evaluation, FitnessConfig, FitnessEvaluator
+from discovery.racing import ETA, MIN_CI_UNITS, halve, rung_of, rung_seeds, rungs, separated
+from discovery.report import baseline_settings, build_report, score_combo
+from evaluators.datasets import parse_variant
+from evaluators.fitness import Evaluation, FitnessConfig, FitnessEvaluator, unit_scores
+from evaluators.protocol import TEST_DATA_SEED, Setting
+from evaluators.suite import REPORTED_LOSSES, task_suite
 from grammar.canonical import complexity
 from grammar.objective import Objective
 from grammar.validity import check
@@ -53,6 +64,7 @@ MAX_GP_ATTEMPTS = 6  # x batch: proposals tried per GP generation before giving 
 FEEDBACK_WINDOW = 50  # latest rejections per proposer that the LLM's feedback is grouped from
 FEEDBACK_KINDS = 3  # kinds of rejection fed back per proposer
 CHANGES_KEY = "config_changes"  # state: the settings changed on resume
+REPORT_BASELINES = ("tuned", "default")
 
 # The `discover run` option of each setting (dotted path into `SearchConfig.to_dict()`): errors name it,
 # and a resumed run checks explicit options against the stored values.
@@ -65,7 +77,8 @@ OPTIONS: Mapping[str, str] = {
     "llm.provider": "--llm-provider", "llm.model": "--llm-model", "llm.base_url": "--llm-base-url",
     "llm.max_calls": "--llm-max-calls", "llm.timeout_s": "--llm-timeout", "es.strategy": "--es-strategy",
     "descriptors": "--descriptors", "baselines": "--baseline", "top_k": "--top-k", "fresh_seeds": "--fresh-seeds",
-    "seed": "--seed",
+    "seed": "--seed", "max_seeds": "--max-seeds", "allow_non_monotone": "--allow-non-monotone",
+    "holdouts": "--holdout", "report_baselines": "--report-baselines",
 }
 RESUMABLE = ("max_evaluations", "max_seconds", "llm.max_calls", "llm.timeout_s")  # may change on resume
 _FITNESS_OPTIONS = {"tasks": "--task", "datasets": "--dataset", "dataset": "--pairs/--segment-length",
@@ -97,6 +110,17 @@ class SearchConfig:
     baselines: tuple[str, ...] = ()  # zoo names evaluated in generation 0 (empty: the whole zoo)
     top_k: int = 3  # elites re-evaluated on fresh seeds at the end
     fresh_seeds: int = 5
+    max_seeds: int = 8  # racing cap: training seeds a promising candidate may get (rungs double from fitness.seeds)
+    allow_non_monotone: bool = False  # search losses that are not monotone in the preferences too
+    holdouts: tuple[str, ...] = ()  # "task:variant" combos scored only in the final report
+    report_baselines: str = "tuned"  # baselines of the final report: "tuned" (suite.tune) or "default"
+
+    def rungs(self) -> list[int]:
+        return rungs(self.fitness.seeds, self.max_seeds)
+
+    @property
+    def space(self) -> str:
+        return "any loss (--allow-non-monotone)" if self.allow_non_monotone else "monotone preference losses"
 
     def validate(self) -> None:
         """Raise ValueError naming the `discover run` option (`OPTIONS`) of the first bad setting; nothing
@@ -110,6 +134,13 @@ class SearchConfig:
                                  ("--fresh-seeds", self.fresh_seeds, 2)):
             if value < low:
                 raise ValueError(f"{flag}: must be at least {low}, got {value}")
+        if self.max_seeds < fc.seeds:
+            raise ValueError(f"--max-seeds: must be at least --seeds ({fc.seeds}), got {self.max_seeds}")
+        with _option("--holdout"):
+            for h in self.holdouts:
+                parse_holdout(h)
+        if self.report_baselines not in REPORT_BASELINES:
+            raise ValueError(f"--report-baselines: use {' or '.join(REPORT_BASELINES)}, got {self.report_baselines!r}")
         with _option("--descriptors"):
             parse_descriptor_specs(self.descriptors)
         unknown = [n for n in self.weights if n not in PROPOSERS]
@@ -160,6 +191,16 @@ class SearchConfig:
                 node = node[key]
             node[last] = value
         return SearchConfig.from_dict(data)
+
+
+def parse_holdout(spec: str) -> tuple[str, str]:
+    """"task:variant" (the variant may hold colons, e.g. walker2d:noisy:0.2) -> (task, variant), checked."""
+    task, sep, variant = spec.partition(":")
+    if not sep or not variant:
+        raise ValueError(f"{spec!r} is not TASK:VARIANT (e.g. walker2d:noisy:0.2)")
+    task_suite(task)
+    parse_variant(variant)
+    return task, variant
 
 
 def _from_dict(cls, data: Mapping):
@@ -232,25 +273,16 @@ class _Pending:
     state: dict[str, object] = field(default_factory=dict)
     exchange: object | None = None  # discovery.llm.Exchange
 
-    def add(self, p: Proposed, reason: str, ev: Evaluation | None, descriptors: dict | None) -> None:
+    def add(self, p: Proposed, reason: str, ev: Evaluation | None, descriptors: dict | None,
+            behaviour: str | None = None) -> None:
         if reason:
             self.rows.append((p, {"status": "rejected", "reason": reason}))
             return
+        units = len(ev.unit_scores())
         self.rows.append((p, {"status": "evaluated" if ev.fitness is not None else "failed", "reason": ev.failure,
-                              "fitness": ev.fitness, "ci95": ev.ci95, "descriptors": descriptors,
-                              "scores": ev.scores}))
-
-
-@dataclass
-class FreshRow:
-    candidate_id: int
-    name: str
-    formula: str
-    origin: str
-    search_fitness: float | None
-    fitness: float | None
-    ci95: float | None
-    failure: str = ""
+                              "fitness": ev.fitness, "ci95": ev.ci95 if units >= MIN_CI_UNITS else None,
+                              "descriptors": descriptors, "scores": ev.scores, "behaviour": behaviour,
+                              "units": units}))
 
 
 class Search:
@@ -373,6 +405,9 @@ class Search:
                 return None
             self._best_baseline = zoo[0]["objective"].name, zoo[0]["fitness"]
         return self._best_baseline
+
+    def pi_ref_fitness(self) -> float | None:
+        return (self.store.get_state(self.run_id, PI_REF_KEY) or {}).get("fitness")
 
     def best(self) -> dict | None:
         """The fittest discovered (non-zoo) candidate."""
@@ -537,31 +572,102 @@ class Search:
         return lines
 
     # ------------------------------------------------------------------ screening and training
-    def _screen(self, objective: Objective, seen_now: dict) -> tuple[str, dict | None]:
-        """('', descriptors) when the objective may be trained, else (reason, None)."""
-        earlier = self.store.seen(self.run_id, objective)
-        if earlier is not None:
-            return f"duplicate of #{earlier}", None
-        key = dedupe_key(objective)
-        if key in seen_now:
-            return f"duplicate of {seen_now[key]} in the same generation", None
-        seen_now[key] = objective.name
-        verdict = check(objective)
+    def _verdict(self, p: Proposed):
+        """Baselines are checked as published; every proposed loss, whatever its parents, must be monotone
+        in the preferences (unless the run allows otherwise) and able to use the labels."""
+        if p.origin == ZOO_ORIGIN:
+            return check(p.objective)
+        return check(p.objective, monotone=not self.cfg.allow_non_monotone, labels=True)
+
+    def _validate(self, p: Proposed) -> tuple[str, dict | None, str | None]:
+        """('', descriptors, behaviour) when valid, else (reason, None, None)."""
+        verdict = self._verdict(p)
         if not verdict.ok:
-            return verdict.reason, None
+            return verdict.reason, None, None
         try:
-            return "", describe(objective, [s.name for s in self.specs])
+            return "", describe(p.objective, [s.name for s in self.specs]), verdict.behaviour
         except DescriptorError as e:
-            return f"descriptor: {e}", None
+            return f"descriptor: {e}", None, None
+
+    def _screen(self, p: Proposed, seen_now: dict) -> tuple[str, dict | None, str | None]:
+        """('', descriptors, behaviour) when the objective may be trained, else (reason, None, None).
+        Duplicates by form first (cheap), then by behaviour (the gradient fingerprint)."""
+        earlier = self.store.seen(self.run_id, p.objective)
+        if earlier is not None:
+            return f"duplicate of #{earlier}", None, None
+        key = dedupe_key(p.objective)
+        if key in seen_now:
+            return f"duplicate of {seen_now[key]} in the same generation", None, None
+        seen_now[key] = p.objective.name
+        reason, descriptors, behaviour = self._validate(p)
+        if reason:
+            return reason, None, None
+        earlier = self.store.seen_behaviour(self.run_id, behaviour)
+        if earlier is not None:
+            return f"duplicate of #{earlier} (same gradients on the probe data)", None, None
+        if behaviour in seen_now:
+            return f"duplicate of {seen_now[behaviour]} in the same generation (same gradients)", None, None
+        seen_now[behaviour] = p.objective.name
+        return "", descriptors, behaviour
 
     def _screen_and_train(self, proposals: list[Proposed], pending: _Pending) -> None:
         screened, seen_now = [], {}
         for p in proposals:
-            screened.append((p, *self._screen(p.objective, seen_now)))
-        trainable = [p.objective for p, reason, _ in screened if not reason]
-        results = iter(self.evaluator.evaluate(trainable) if trainable else [])
-        for p, reason, descriptors in screened:
-            pending.add(p, reason, None if reason else next(results), descriptors)
+            screened.append((p, *self._screen(p, seen_now)))
+        trainable = [p.objective for p, reason, _, _ in screened if not reason]
+        if pending.report.proposer == ZOO_ORIGIN:  # the yardsticks: every baseline at the cap
+            results = self.evaluator.evaluate(trainable, train_seeds=tuple(range(self.cfg.max_seeds))) \
+                if trainable else []
+            results = [self._tag_rungs(ev) for ev in results]
+            if trainable:
+                pending.state[PI_REF_KEY] = {"fitness": self.evaluator.pi_ref}
+        else:
+            results = self._race(trainable, pending)
+        results = iter(results)
+        for p, reason, descriptors, behaviour in screened:
+            pending.add(p, reason, None if reason else next(results), descriptors, behaviour)
+
+    # ------------------------------------------------------------------ racing
+    def _tag_rungs(self, ev: Evaluation) -> Evaluation:
+        all_rungs = self.cfg.rungs()
+        for row in ev.scores:
+            row["rung"] = rung_of(row["seed"], all_rungs)
+        return ev
+
+    def _incumbent(self) -> dict | None:
+        """Unit scores of the fittest candidate scored at the cap (the yardstick of racing)."""
+        for c in self.store.candidates(self.run_id, status="evaluated", order_by="fitness", descending=True,
+                                       with_objective=False):
+            if (c["units"] or 0) >= self.cfg.max_seeds * self.cfg.fitness.reference_seeds:
+                return unit_scores(self.store.scores(c["id"], fresh=False))
+        return None
+
+    def _race(self, objectives: list[Objective], pending: _Pending) -> list[Evaluation]:
+        """Rung 0 for every objective, then later rungs for the survivors (`discovery.racing`); counts the
+        seed units trained against evaluating every objective at the cap."""
+        if not objectives:
+            return []
+        all_rungs = self.cfg.rungs()
+        first = self.evaluator.evaluate(objectives, train_seeds=rung_seeds(all_rungs, 0))
+        results = [self._tag_rungs(ev) for ev in first]
+        incumbent = self._incumbent()
+        alive = halve([ev.fitness for ev in results])
+        for k in range(1, len(all_rungs)):
+            if not alive:
+                break
+            more = self.evaluator.evaluate([objectives[i] for i in alive], train_seeds=rung_seeds(all_rungs, k),
+                                           batch=math.ceil(self.cfg.fitness.batch / ETA))
+            for i, ev in zip(alive, more):
+                results[i] = results[i].extended(self._tag_rungs(ev))
+            alive = [i for i in alive if results[i].fitness is not None
+                     and not (incumbent and separated(results[i].unit_scores(), incumbent))]
+        racing = dict(pending.state.get(RACING_KEY) or self.store.get_state(self.run_id, RACING_KEY,
+                                                                          {"units": 0, "at_cap": 0}))
+        per_candidate = len(self.evaluator.combos()) * self.cfg.fitness.reference_seeds
+        racing["units"] += sum(len(ev.scores) for ev in results)
+        racing["at_cap"] += len(objectives) * self.cfg.max_seeds * per_candidate
+        pending.state[RACING_KEY] = racing
+        return results
 
     # ------------------------------------------------------------------ evolution strategies
     def _es_campaign(self) -> dict | None:
@@ -588,52 +694,72 @@ class Search:
                             seed=int(rng.integers(2**31)))
         if campaign["step"] > 0:
             es.load_state_bytes(self.store.get_state(self.run_id, "es_state"))
-        population = [o.replace(name=f"g{g}_{i}") for i, o in enumerate(es.ask(tag=f"g{g}_"))]
-        # The whole population trains in one call (fixed shape); members that fail screening rank last.
-        screened = []
-        for o in population:
-            verdict = check(o)
-            reason, descriptors = verdict.reason if not verdict.ok else "", None
-            if not reason:
-                try:
-                    descriptors = describe(o, [s.name for s in self.specs])
-                except DescriptorError as e:
-                    reason = f"descriptor: {e}"
-            screened.append((reason, descriptors))
-        evaluations = self.evaluator.evaluate(population)
+        population = [Proposed(o.replace(name=f"g{g}_{i}"), f"es:{self.cfg.es.strategy}", [root["id"]])
+                      for i, o in enumerate(es.ask(tag=f"g{g}_"))]
+        # Members that fail screening rank last; the others are raced, and ES is told their rung-0 fitness
+        # (the same seeds for all of them).
+        screened = [self._validate(p) for p in population]
+        valid = [p.objective for p, (reason, _, _) in zip(population, screened) if not reason]
+        results = iter(self._race(valid, pending))
         told = []
-        for o, (reason, descriptors), ev in zip(population, screened, evaluations):
-            pending.add(Proposed(o, f"es:{self.cfg.es.strategy}", [root["id"]]), reason, None if reason else ev,
-                        descriptors)
-            told.append(None if reason else ev.fitness)
+        for p, (reason, descriptors, behaviour) in zip(population, screened):
+            ev = None if reason else next(results)
+            pending.add(p, reason, ev, descriptors, behaviour)
+            told.append(None if ev is None else ev.rung0_fitness())
         es.tell(told)
         pending.state["es_state"] = es.state_bytes()
         pending.state["es_campaign"] = {"root": campaign["root"], "step": campaign["step"] + 1}
         pending.report.note = f"ES on #{root['id']} step {campaign['step'] + 1}"
 
     # ------------------------------------------------------------------ the final report
-    def fresh_evaluation(self, on_event: Callable[[str], None] | None = None) -> list[FreshRow]:
-        """Top-k distinct elites and the zoo baselines re-trained on fresh seeds, scored on fresh episodes."""
-        evaluated = self.store.candidates(self.run_id, status="evaluated", order_by="fitness", descending=True)
-        elites, structures = [], set()
-        for c in evaluated:
-            if c["origin"] != ZOO_ORIGIN and c["structure_hash"] not in structures:
-                elites.append(c)
-                structures.add(c["structure_hash"])
-            if len(elites) == self.cfg.top_k:
+    def finalists(self) -> list[dict]:
+        """The top-k found candidates of distinct behaviour, those raced to the cap first, by fitness."""
+        found = [c for c in self.store.candidates(self.run_id, status="evaluated", order_by="fitness",
+                                                  descending=True) if c["origin"] != ZOO_ORIGIN]
+        cap = self.cfg.max_seeds * self.cfg.fitness.reference_seeds
+        found.sort(key=lambda c: (c["units"] or 0) < cap)  # stable: by fitness within each group
+        out, behaviours = [], set()
+        for c in found:
+            key = c["behaviour"] or c["structure_hash"]  # archives before fingerprints: by structure
+            if key not in behaviours:
+                out.append(c)
+                behaviours.add(key)
+            if len(out) == self.cfg.top_k:
                 break
-        rows = elites + [c for c in evaluated if c["origin"] == ZOO_ORIGIN]
-        pending = [c for c in rows if c["fresh_fitness"] is None]
-        if pending:
-            (on_event or self.on_event)(f"fresh seeds: re-evaluating {len(pending)} objectives")
-            results = self.evaluator.evaluate([c["objective"] for c in pending], fresh=True, seeds=self.cfg.fresh_seeds)
-            with self.store.transaction():
-                for c, ev in zip(pending, results):
-                    self.store.set_fresh(c["id"], ev.fitness, ev.ci95, ev.scores)
+        return out
+
+    def final_report(self) -> dict:
+        """Finalists, baselines, pi_ref and the oracle on the test data seed with fresh seeds, controls and
+        held-out combos (`discovery.report`); stored in the run's state and returned."""
+        cfg, fc = self.cfg, self.cfg.fitness
+        chosen = self.finalists()
+        finalists = [{"label": f"#{c['id']}", "id": c["id"], "formula": c["objective"].short_text(120),
+                      "search": c["fitness"], "search_ci": c["ci95"], "units": c["units"],
+                      "rung0": Evaluation(None, None, self.store.scores(c["id"], fresh=False)).rung0_fitness()}
+                     for c in chosen]
+        settings = [Setting(f["label"], c["objective"], fc.train.lr, fc.train.steps) for f, c in zip(finalists, chosen)]
+        names = tuple(n for n in REPORTED_LOSSES if not cfg.baselines or n in cfg.baselines)
+        main = self.evaluator.combos(fresh=True, seeds=cfg.fresh_seeds)
+        holdouts = [fc.combo(*parse_holdout(h), TEST_DATA_SEED, main[0].protocol, self.evaluator.cache, self.on_event)
+                    for h in cfg.holdouts]
+        tables = []
+        for combo in main + holdouts:
+            self.on_event(f"final report: {combo.name} (test data), {len(settings)} finalists with their "
+                          f"shuffled controls and the {cfg.report_baselines} baselines")
+            base = baseline_settings(names, cfg.report_baselines, combo.task.name, combo.variant.spec, fc.train)
+            dataset = fc.dataset or task_suite(combo.task.name).dataset
+            tables.append(score_combo(combo, settings, base, fc.train, dataset, fc.backend, fc.batch))
+        labels = [f"{n} ({cfg.report_baselines})" for n in names]
+        report = build_report(finalists, labels, tables[:len(main)], tables[len(main):],
+                              main[0].protocol.describe(), cfg.report_baselines,
+                              self.store.get_state(self.run_id, RACING_KEY))
+        with self.store.transaction():
+            for f, row in zip(finalists, [r for r in report["rows"] if r["kind"] == "finalist"]):
+                if "fresh" in row:
+                    scores = [{"task": combo.task.name, "dataset": combo.variant.spec, "seed": s, "reference_seed": r,
+                               "score": float(x)} for combo, t in zip(main, tables)
+                              for (r, s), x in zip(t.units, t.unit_scores(f["label"]))]
+                    self.store.set_fresh(f["id"], row["fresh"][0], row["fresh"][1], scores)
+            self.store.put_state(self.run_id, REPORT_KEY, report)
         self.store.set_run_status(self.run_id, "finished")
-        out = []
-        for c in rows:
-            c = self.store.candidate(c["id"])
-            out.append(FreshRow(c["id"], c["objective"].name, c["objective"].short_text(200), c["origin"], c["fitness"],
-                                c["fresh_fitness"], c["fresh_ci95"]))
-        return sorted(out, key=lambda r: -np.inf if r.fitness is None else -r.fitness)
+        return report

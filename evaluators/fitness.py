@@ -4,7 +4,9 @@ Each (task, dataset) of the fitness is a ``Combo`` of the suite (its task's data
 overridden). A batch of objectives is trained ``batch`` at a time (padded: fixed shapes, so a search
 never recompiles) from each pi_ref seed with each training seed, and scored in one batched rollout.
 
-Search fitness uses the validation dataset seed and the search protocol; ``fresh`` re-evaluation
+Search fitness uses the validation dataset seed and the search protocol, on all its training seeds or
+on the ones given (``train_seeds``: a racing rung; every candidate at a rung sees the same seeds and
+episodes, so rungs compare paired); ``fresh`` re-evaluation
 uses the TEST dataset seed, new pi_ref and training seeds and new episodes (``evaluators.protocol``).
 Fitness = mean normalised score over (task, dataset) combos, units and episodes; its CI is a
 Student-t interval over units (each unit's score averaged over combos and episodes).
@@ -12,6 +14,7 @@ Student-t interval over units (each unit's score averaged over combos and episod
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass, field, replace
 
 import numpy as np
@@ -60,6 +63,13 @@ class FitnessConfig:
         return replace(SEARCH, reference_seeds=tuple(range(self.reference_seeds)), train_seeds=tuple(range(n)),
                        episodes=self.episodes)
 
+    def combo(self, task: str, variant: str, data_seed: int, protocol: Protocol, cache: str | None = None,
+              on_event=None) -> Combo:
+        """A (task, variant) prepared with this fitness's dataset and BC settings (each task's suite ones
+        unless overridden)."""
+        return Combo(task, variant, data_seed, self.dataset or task_suite(task).dataset, protocol,
+                     self.reference or task_suite(task).reference, cache, on_event=on_event)
+
 
 @dataclass
 class Evaluation:
@@ -67,6 +77,34 @@ class Evaluation:
     ci95: float | None
     scores: list[dict] = field(default_factory=list)  # one per (task, dataset, unit)
     failure: str = ""  # why training stopped, when it did
+
+    def unit_scores(self) -> dict[tuple[int, int], float]:
+        """(pi_ref seed, training seed) -> score averaged over the (task, dataset) combos."""
+        return unit_scores(self.scores)
+
+    def rung0_fitness(self) -> float | None:
+        """Mean over the first rung's units (what every candidate of a racing batch was scored on)."""
+        if self.failure:
+            return None
+        first = [r for r in self.scores if r.get("rung", 0) == 0]
+        return float(np.mean(list(unit_scores(first).values())))
+
+    def extended(self, more: Evaluation) -> Evaluation:
+        """This evaluation with the units of ``more`` added (a later racing rung)."""
+        scores = self.scores + more.scores
+        failure = self.failure or more.failure
+        if failure:
+            return Evaluation(None, None, scores, failure)
+        mean, ci = mean_ci95(np.array(list(unit_scores(scores).values())))
+        return Evaluation(float(mean), float(ci), scores)
+
+
+def unit_scores(rows: list[dict]) -> dict[tuple[int, int], float]:
+    """Score rows -> {(pi_ref seed, training seed): mean score over the combos}, in first-seen order."""
+    units: dict[tuple[int, int], list[float]] = {}
+    for r in rows:
+        units.setdefault((int(r.get("reference_seed", 0)), int(r["seed"])), []).append(float(r["score"]))
+    return {k: float(np.mean(v)) for k, v in units.items()}
 
 
 class FitnessEvaluator:
@@ -76,6 +114,7 @@ class FitnessEvaluator:
         self.cache = cache
         self.on_event = on_event
         self._combos: dict[tuple[bool, int | None], list[Combo]] = {}
+        self.pi_ref: float | None = None  # pi_ref's mean score in the latest evaluation (same units)
 
     def combos(self, fresh: bool = False, seeds: int | None = None) -> list[Combo]:
         """The prepared (task, dataset) combos, built (or read from cache) on first use."""
@@ -83,24 +122,37 @@ class FitnessEvaluator:
         if key not in self._combos:
             protocol = self.cfg.protocol(fresh, seeds)
             self._combos[key] = [
-                Combo(t, d, TEST_DATA_SEED if fresh else VALIDATION_DATA_SEED,
-                      self.cfg.dataset or task_suite(t).dataset, protocol, self.cfg.reference or task_suite(t).reference,
-                      self.cache,
-                      on_event=self.on_event)
+                self.cfg.combo(t, d, TEST_DATA_SEED if fresh else VALIDATION_DATA_SEED, protocol, self.cache,
+                               self.on_event)
                 for t in self.cfg.tasks for d in self.cfg.datasets]
         return self._combos[key]
 
-    def evaluate(self, objectives: list, fresh: bool = False, seeds: int | None = None) -> list[Evaluation]:
-        """Fitness of each objective. ``fresh``: a new dataset seed, training seeds and episodes."""
+    def _on_seeds(self, train_seeds: tuple[int, ...]) -> list[Combo]:
+        """The search combos with other training seeds: the same data and pi_ref (shallow copies)."""
+        out = []
+        for combo in self.combos():
+            combo.references  # noqa: B018 - load pi_ref once, shared by the copies
+            c = copy.copy(combo)
+            c.protocol = replace(combo.protocol, train_seeds=tuple(train_seeds))
+            out.append(c)
+        return out
+
+    def evaluate(self, objectives: list, fresh: bool = False, seeds: int | None = None,
+                 train_seeds: tuple[int, ...] | None = None, batch: int | None = None) -> list[Evaluation]:
+        """Fitness of each objective. ``fresh``: a new dataset seed, training seeds and episodes;
+        ``train_seeds``: the search protocol on these training seeds (a racing rung); ``batch``: objectives
+        per population call (default ``cfg.batch``; a fixed smaller one suits the few a racing rung trains)."""
         n = len(objectives)
         settings = [Setting(str(i), o, self.cfg.train.lr, self.cfg.train.steps) for i, o in enumerate(objectives)]
-        combos = self.combos(fresh, seeds)
+        combos = self._on_seeds(train_seeds) if train_seeds is not None else self.combos(fresh, seeds)
         per_unit = np.zeros((n, len(combos[0].protocol.units)))
         scores = [[] for _ in range(n)]
         failures = [""] * n
+        pi_ref_units = []
         for combo in combos:
-            table = score_settings(combo, settings, self.cfg.train, policy_rows=("pi_ref",), batch=self.cfg.batch,
-                                   backend=self.cfg.backend)
+            table = score_settings(combo, settings, self.cfg.train, policy_rows=("pi_ref",),
+                                   batch=batch or self.cfg.batch, backend=self.cfg.backend)
+            pi_ref_units.append(table.unit_scores("pi_ref"))
             for i, s in enumerate(settings):
                 per_unit[i] += table.unit_scores(s.label) / len(combos)
                 if s.label in table.failures and not failures[i]:
@@ -112,6 +164,7 @@ class FitnessEvaluator:
                                       "returns": table.returns[row, u].tolist(),
                                       "ranking_accuracy": float(table.ranking[row, u]),
                                       "stop_reason": table.failures.get(s.label, "")})
+        self.pi_ref = float(np.mean(pi_ref_units))
         out = []
         for i in range(n):
             if failures[i]:

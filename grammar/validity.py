@@ -8,12 +8,19 @@ of the data domain plus seeded random pairs), so a new candidate never triggers 
 * mpo shape: phi_inv(u) non-decreasing in u over the log-likelihood range, and not constant;
 * when monotone is required (default: the objective's `monotone`): g(z) non-increasing in the margin
   (mpo shape), and the loss non-increasing in logp_w and non-decreasing in logp_l.  The fraction of
-  violating probes is reported in `Verdict.stats`; it must not exceed `max_violation`.
+  violating probes is reported in `Verdict.stats`; it must not exceed `max_violation`;
+* when the labels must be usable (`labels=True`, what the search asks of every proposed candidate): g
+  depends on the margin (mpo shape), and the loss changes when chosen and rejected swap.
+
+`Verdict.behaviour` is the loss's gradient fingerprint: its slopes in logp_w and logp_l on the probes,
+rounded to `BEHAVIOUR_DIGITS` significant digits, hashed.  A constant offset or a reordering of terms
+gives the same fingerprint: the search treats them as one candidate.
 
 `check` never raises: every failure, including an internal one, is a `Verdict(ok=False, reason=...)`.
 """
 from __future__ import annotations
 
+import hashlib
 import types
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -30,6 +37,8 @@ from grammar.objective import Objective
 from grammar.probes import LOGP_MEAN_RANGE, LOGP_SUM_RANGE, probe_inputs
 
 SLOPE_TOLERANCE = 1e-6  # |derivative| below this counts as flat
+BEHAVIOUR_DIGITS = 3  # significant digits of the slopes in the gradient fingerprint
+SWAP_RTOL, SWAP_ATOL = 1e-5, 1e-6  # a loss this close to itself with chosen and rejected swapped ignores the labels
 N_RANDOM_PROBES = 1024
 _T_GRID = np.array([0.0, 0.25, 0.5, 0.75, 1.0])
 
@@ -39,6 +48,7 @@ class Verdict:
     ok: bool
     reason: str = ""
     stats: Mapping[str, float] = field(default_factory=dict)
+    behaviour: str = ""  # gradient fingerprint (set when ok)
 
     def __bool__(self) -> bool:
         return self.ok
@@ -47,6 +57,22 @@ class Verdict:
 @lru_cache(maxsize=1)
 def _loss_probes() -> dict[str, np.ndarray]:
     return {k: v.astype(np.float32) for k, v in probe_inputs(N_RANDOM_PROBES).items()}
+
+
+@lru_cache(maxsize=1)
+def _swapped_probes() -> dict[str, np.ndarray]:
+    """The loss probes with chosen and rejected exchanged (every `_w` variable with its `_l` twin)."""
+    probes = _loss_probes()
+    twin = {n: n[:-1] + {"w": "l", "l": "w"}[n[-1]] if n.endswith(("_w", "_l")) else n for n in probes}
+    return {n: probes[twin[n]] for n in probes}
+
+
+def behaviour_fingerprint(d_w: np.ndarray, d_l: np.ndarray) -> str:
+    """SHA-256 of the slopes, rounded to `BEHAVIOUR_DIGITS` significant digits (|slope| below
+    `SLOPE_TOLERANCE` counts as 0)."""
+    tokens = ["0" if abs(v) < SLOPE_TOLERANCE else f"{v:.{BEHAVIOUR_DIGITS - 1}e}"
+              for v in np.concatenate([d_w, d_l]).astype(np.float64).tolist()]
+    return hashlib.sha256(",".join(tokens).encode()).hexdigest()
 
 
 @lru_cache(maxsize=1)
@@ -84,17 +110,19 @@ def _unary_program(expr: sympy.Expr, argument: sympy.Symbol) -> kernel.Program:
     return kernel.encode(expr.xreplace({argument: SYMBOLS["logp_w"]}))
 
 
-def check(objective: Objective, *, monotone: bool | None = None, max_violation: float = 0.0) -> Verdict:
-    """Check an objective before training.  `monotone=None` uses `objective.monotone`."""
+def check(objective: Objective, *, monotone: bool | None = None, max_violation: float = 0.0,
+          labels: bool = False) -> Verdict:
+    """Check an objective before training.  `monotone=None` uses `objective.monotone`; `labels` requires
+    a loss that can use the preference labels."""
     try:
-        return _check(objective, objective.monotone if monotone is None else monotone, max_violation)
+        return _check(objective, objective.monotone if monotone is None else monotone, max_violation, labels)
     except GrammarError as e:
         return Verdict(False, f"not encodable: {e.reason}")
     except Exception as e:  # noqa: BLE001 - a candidate must never crash the search
         return Verdict(False, f"internal error during the validity check: {type(e).__name__}: {e}")
 
 
-def _check(objective: Objective, monotone: bool, max_violation: float) -> Verdict:
+def _check(objective: Objective, monotone: bool, max_violation: float, labels: bool) -> Verdict:
     program = kernel.encode(objective)
     constants = kernel.constant_vector(objective).astype(np.float32)
     probes = _loss_probes()
@@ -129,9 +157,11 @@ def _check(objective: Objective, monotone: bool, max_violation: float) -> Verdic
                         f"(on {stats['phi_inv_decreasing']:.1%} of the grid)")
         if not (slope > SLOPE_TOLERANCE).any():
             return fail("phi_inv is constant in u: the policy does not enter the loss")
+        _, slope = (np.asarray(a) for a in _unary_and_slope(_unary_program(objective.g, Z), z, t, constants))
+        if labels and not (np.abs(slope) > SLOPE_TOLERANCE).any():
+            return fail("label-blind: g does not depend on the margin, so the loss ignores which segment was "
+                        "preferred")
         if monotone:
-            _, slope = (np.asarray(a) for a in _unary_and_slope(_unary_program(objective.g, Z), z, t,
-                                                                 constants))
             increasing = slope > SLOPE_TOLERANCE
             stats["g_increasing"] = increasing.mean()
             if stats["g_increasing"] > max_violation:
@@ -148,7 +178,11 @@ def _check(objective: Objective, monotone: bool, max_violation: float) -> Verdic
                             f"e.g. at {_describe(probes, int(np.argmax(violated)))}")
     if not ((np.abs(d_w) > SLOPE_TOLERANCE) | (np.abs(d_l) > SLOPE_TOLERANCE)).any():
         return fail("the loss does not depend on the policy (zero gradient on every probe)")
-    return Verdict(True, "", _frozen(stats))
+    if labels:
+        swapped = np.asarray(kernel.loss_and_slopes(program, _swapped_probes(), constants)[0])
+        if np.allclose(loss, swapped, rtol=SWAP_RTOL, atol=SWAP_ATOL):
+            return fail("label-blind: the loss is unchanged when chosen and rejected swap")
+    return Verdict(True, "", _frozen(stats), behaviour_fingerprint(d_w, d_l))
 
 
 def _frozen(stats: dict) -> Mapping[str, float]:

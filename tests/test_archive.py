@@ -377,6 +377,8 @@ def test_plots_write_pngs(tmp_path):
     rows = [{"fitness": f} for f in (1.0, None, 5.0, 3.0)]
     assert_png(plot_fitness_over_time(rows, str(tmp_path / "f.png"), baseline=4.0))
     assert_png(plot_fitness_over_time([], str(tmp_path / "f0.png")))
+    mixed = [{"fitness": 4.0, "origin": "zoo"}, {"fitness": 6.0, "origin": "gp:point"}]
+    assert_png(plot_fitness_over_time(mixed, str(tmp_path / "f2.png"), baseline=4.0, baseline_name="dpo", pi_ref=3.0))
     assert_png(plot_loss_shape(baseline("ta_mpo"), str(tmp_path / "s.png")))
     assert_png(plot_loss_shape(baseline("sft"), str(tmp_path / "s2.png"), reference=baseline("ipo")))
 
@@ -426,7 +428,8 @@ def test_a_version_1_archive_is_read_as_it_is_and_migrated_by_a_writer(tmp_path)
                            error=None, usage=None, seconds=1.0)
     db = sqlite3.connect(path)
     db.executescript("ALTER TABLE exchanges DROP COLUMN rejections; ALTER TABLE exchanges DROP COLUMN answer_shape;"
-                     "UPDATE schema_version SET version = 1;")
+                     "DROP INDEX candidates_behaviour; ALTER TABLE candidates DROP COLUMN behaviour;"
+                     "ALTER TABLE candidates DROP COLUMN units; UPDATE schema_version SET version = 1;")
     db.close()
     with ArchiveStore(path, readonly=True) as reader:
         assert reader.exchanges(run)[0]["rejections"] == [] and reader.rejections(run) == []
@@ -435,6 +438,10 @@ def test_a_version_1_archive_is_read_as_it_is_and_migrated_by_a_writer(tmp_path)
         store.add_exchange(run, proposer="llm", model="m", prompt_version="v", system="s", prompt="p", answer="b",
                            error=None, usage=None, seconds=1.0, rejections=[("x", "empty answer")])
         assert store.rejections(run) == [("llm", "empty answer", "x")]
+        cid = store.add_candidate(run, objective=baseline("dpo"), origin="zoo", generation=0, status="evaluated",
+                                  fitness=1.0, behaviour="abc", units=4)
+        assert store.candidate(cid)["units"] == 4 and store.seen_behaviour(run, "abc") == cid
+        assert store.seen_behaviour(run, "other") is None
 
 
 HOLDER = textwrap.dedent("""

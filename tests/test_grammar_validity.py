@@ -63,3 +63,31 @@ def test_check_never_raises():
     assert not verdict.ok and verdict.reason.startswith("internal error")
     weird = Objective.free("weird", sympy.Integer(3) * SYMBOLS["logp_w"] ** 64)
     assert not check(weird).ok
+
+
+@pytest.mark.parametrize("objective, reason", [
+    (Objective.mpo("imitation_only", g="t", imitation="lam", constants={"lam": 1.0}),
+     "label-blind: g does not depend on the margin"),
+    (Objective.free("symmetric", "-logp_w - logp_l + (mlogp_w - mlogp_l)**2"),
+     "label-blind: the loss is unchanged when chosen and rejected swap"),
+])
+def test_losses_that_cannot_use_the_labels_are_rejected_when_labels_are_required(objective, reason):
+    assert check(objective, monotone=False).ok, "valid as a loss; only the label requirement refuses it"
+    verdict = check(objective, monotone=False, labels=True)
+    assert not verdict.ok and verdict.reason.startswith(reason), verdict.reason
+
+
+@pytest.mark.parametrize("name", list(ZOO))
+def test_every_baseline_can_use_the_labels_and_has_its_own_behaviour(name):
+    verdict = check(ZOO[name].objective, labels=True)
+    assert verdict.ok, verdict.reason
+    others = {check(ZOO[n].objective).behaviour for n in ZOO if n != name}
+    assert verdict.behaviour and verdict.behaviour not in others
+
+
+def test_gradient_fingerprint_ignores_offsets_and_term_order_but_not_constants():
+    dpo = check(Objective.mpo("a", g="-logsigmoid(beta*z)")).behaviour
+    assert check(Objective.mpo("b", g="-logsigmoid(beta*z) + 3")).behaviour == dpo  # constant offset
+    assert check(Objective.mpo("c", g="2 - logsigmoid(z*beta) - 2")).behaviour == dpo  # reordered
+    assert check(Objective.mpo("d", g="-logsigmoid(beta*z)", constants={"beta": 0.5})).behaviour != dpo
+    assert check(Objective.mpo("e", g="-2*logsigmoid(beta*z)")).behaviour != dpo

@@ -18,11 +18,13 @@ from archive.store import ArchiveStore
 from discovery import cli
 from discovery.cli import app
 from discovery.llm import LLMConfig
-from discovery.search import Search, SearchConfig
+from discovery.report import VERDICTS
+from discovery.search import Proposed, Search, SearchConfig
 from evaluators.datasets import DatasetConfig
 from evaluators.fitness import FitnessConfig
 from evaluators.po_trainer import TrainConfig
 from evaluators.reference import BCConfig
+from grammar.objective import Objective
 from grammar.zoo import baseline
 
 BASELINES = ("dpo", "sft", "ipo", "hinge")
@@ -32,7 +34,7 @@ TINY = SearchConfig(
                           train=TrainConfig(steps=10, batch_pairs=16, curve_points=2), reference=BCConfig(steps=100),
                           batch=4),
     seed=0, max_evaluations=12, max_seconds=None, baselines=BASELINES, top_k=2, fresh_seeds=2,
-    weights={"gp": 0.6, "es": 0.4, "llm": 0.0})
+    weights={"gp": 0.6, "es": 0.4, "llm": 0.0}, max_seeds=4, report_baselines="default")
 
 
 @pytest.fixture(scope="module")
@@ -60,8 +62,8 @@ def finished(cache, tmp_path_factory):
     store = ArchiveStore(path)
     search = Search.start(store, TINY)
     generations = search.run()
-    rows = search.fresh_evaluation()
-    return store, search, generations, rows
+    report = search.final_report()
+    return store, search, generations, report
 
 
 def test_a_run_records_every_candidate_with_scores_descriptors_and_lineage(finished):
@@ -80,9 +82,13 @@ def test_a_run_records_every_candidate_with_scores_descriptors_and_lineage(finis
         if c["status"] == "evaluated":
             scores = store.scores(c["id"], fresh=False)
             task = TINY.fitness.tasks[0]
-            assert {(s["task"], s["dataset"], s["seed"]) for s in scores} == {(task, "noisy:0.2", 0),
-                                                                            (task, "noisy:0.2", 1)}
-            assert np.isclose(np.mean([s["score"] for s in scores]), c["fitness"])
+            seeds = {s["seed"] for s in scores}
+            # every baseline at the racing cap; a found loss at rung 0 (seeds 0, 1) or raced on (0-3)
+            assert seeds == {0, 1, 2, 3} if c["origin"] == "zoo" else seeds in ({0, 1}, {0, 1, 2, 3})
+            assert {(s["task"], s["dataset"]) for s in scores} == {(task, "noisy:0.2")}
+            assert {s["rung"] for s in scores} == {0, 1} if len(seeds) == 4 else {0}
+            assert c["units"] == len(seeds) and np.isclose(np.mean([s["score"] for s in scores]), c["fitness"])
+            assert (c["ci95"] is None) == (len(seeds) < 3), "no CI from fewer than 3 seeds"
             assert set(c["descriptors"]) == {"complexity", "saturation"}
         elif c["status"] == "rejected":
             assert c["reason"], "a rejection always says why"
@@ -93,16 +99,46 @@ def test_a_run_records_every_candidate_with_scores_descriptors_and_lineage(finis
     assert search.qd.coverage > 0 and search.qd.best is not None
 
 
-def test_fresh_seed_report_covers_elites_and_baselines(finished):
-    store, search, _, rows = finished
-    origins = [r.origin for r in rows]
-    assert origins.count("zoo") == len(BASELINES)
-    assert 1 <= len(rows) - len(BASELINES) <= TINY.top_k
-    for r in rows:
-        fresh = store.scores(r.candidate_id, fresh=True)
-        if r.fitness is not None:
-            assert {s["seed"] for s in fresh}.isdisjoint({0, 1}), "fresh seeds differ from search seeds"
-            assert r.ci95 is not None and r.ci95 >= 0
+def test_final_report_has_controls_baselines_and_verdicts(finished):
+    store, search, _, report = finished
+    kinds = [r["kind"] for r in report["rows"]]
+    assert kinds[:2] == ["pi_ref", "oracle"]
+    assert [r["label"] for r in report["rows"] if r["kind"] == "baseline"] == ["sft (default)", "dpo (default)",
+                                                                               "ipo (default)"]
+    assert report["best_baseline"] in ("dpo (default)", "sft (default)", "ipo (default)")
+    assert sum(r["best_baseline"] for r in report["rows"]) == 1
+    finalists = [r for r in report["rows"] if r["kind"] == "finalist"]
+    assert 1 <= len(finalists) <= TINY.top_k
+    assert report["data_seed"] == 1 and report["columns"] == ["halfcheetah noisy:0.2"]
+    for r in finalists:
+        assert r["verdict"] in VERDICTS
+        assert r["shuffled"] and r["minus_shuffled"] and "p_holm" in r and r["p_holm"] >= r["p"]
+        if not r["uses_preferences"]:
+            assert r["verdict"] == "does not use the preferences"
+        fresh = store.scores(r["id"], fresh=True)
+        assert len(fresh) == TINY.fresh_seeds and {s["seed"] for s in fresh}.isdisjoint(range(4))
+        assert np.isclose(store.candidate(r["id"])["fresh_fitness"], r["fresh"][0])
+    assert store.get_state(search.run_id, "final_report") == json.loads(json.dumps(report))
+    racing = report["racing"]
+    assert 0 < racing["units"] < racing["at_cap"], "racing trains fewer seed units than the cap for all"
+
+
+def test_every_proposed_loss_is_screened_as_a_preference_loss(cache, tmp_path):
+    search = Search.start(ArchiveStore(str(tmp_path / "s.db")), TINY)
+    ipo = baseline("ipo")  # published, not monotone: a baseline, never a proposal
+    assert search._validate(Proposed(ipo, "zoo", []))[0] == ""
+    reason = search._validate(Proposed(ipo.replace(name="child"), "gp:point", []))[0]
+    assert "non-increasing in the margin" in reason or "increases with logp_w" in reason
+    wide = Search.start(ArchiveStore(str(tmp_path / "w.db")), dataclasses.replace(TINY, allow_non_monotone=True))
+    assert wide._validate(Proposed(ipo.replace(name="child"), "gp:point", []))[0] == ""
+    assert wide.cfg.space != search.cfg.space
+    imitation = Objective.mpo("imitation", g="t", imitation="lam", constants={"lam": 1.0})
+    assert search._validate(Proposed(imitation, "gp:point", []))[0].startswith("label-blind")
+    dpo, seen = baseline("dpo"), {}
+    assert search._screen(Proposed(dpo, "gp:point", []), seen)[0] == ""
+    shifted = dpo.replace(name="shifted", g=dpo.g + 1)
+    assert search._screen(Proposed(shifted, "gp:point", []), seen)[0] == \
+        "duplicate of dpo in the same generation (same gradients)"
 
 
 def test_same_seed_gives_the_same_archive(finished, tmp_path):
@@ -141,7 +177,7 @@ def _wait_for(predicate, timeout):
 TINY_CLI = ["run", "--seed", "0", "--baseline", "dpo", "--baseline", "sft", "--baseline", "ipo", "--baseline", "hinge",
             "--budget-evals", "12", "--budget-minutes", "0", "--seeds", "2", "--episodes", "1", "--steps", "10",
             "--pairs", "64", "--segment-length", "20", "--reference-steps", "100", "--batch", "4", "--top-k", "2",
-            "--fresh-seeds", "2"]
+            "--fresh-seeds", "2", "--max-seeds", "4", "--report-baselines", "default"]
 
 
 def test_sigkill_mid_generation_loses_nothing_committed_and_resume_continues(cache, tmp_path):
@@ -188,6 +224,14 @@ def test_sigkill_mid_generation_loses_nothing_committed_and_resume_continues(cac
     assert after[:len(before)] == before
     assert store.last_generation(run["id"]) > last
     assert store.run(run["id"])["status"] == "finished"
+    assert "final report" in result.output and "oracle" in result.output
+    stem = tmp_path / "plots" / f"run{run['id']}"
+    report = json.loads((stem.parent / f"{stem.name}-report.json").read_text())
+    assert report == store.get_state(run["id"], "final_report")
+    assert "| pi_ref |" in (stem.parent / f"{stem.name}-report.md").read_text()
+    finalist = next(r for r in report["rows"] if r["kind"] == "finalist")
+    shown = CliRunner().invoke(app, ["archive", "show", str(finalist["id"]), "--archive", path, "--no-plot"], env=env)
+    assert shown.exit_code == 0 and "final report" in shown.output and "oracle" in shown.output, shown.output
     # killed and resumed, the run is the one an uninterrupted run with the same seed produces
     reference = Search.start(ArchiveStore(str(tmp_path / "reference.db")), SearchConfig.from_dict(run["config"]))
     reference.run()
