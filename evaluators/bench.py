@@ -114,8 +114,8 @@ def format_cell(row: BenchRow | None) -> str:
     if row is None:
         return "-"
     text = f"{row.mean:.1f} ± {row.ci95:.1f}"
-    return text + " *" if row.notes and not row.setting == "tuned" and row.objective not in ("pi_ref", "oracle") \
-        else text
+    stopped_early = row.notes and row.setting == "default"  # tuned rows' notes hold their settings
+    return text + " *" if stopped_early else text
 
 
 def to_markdown(result: BenchResult) -> str:

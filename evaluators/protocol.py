@@ -124,7 +124,7 @@ class ScoreTable:
     units: list[tuple[int, int]]
     scores: np.ndarray  # (rows, units, episodes) normalised
     returns: np.ndarray  # (rows, units, episodes) raw
-    ranking: np.ndarray  # (rows, units) held-out ranking accuracy of the implicit reward
+    ranking: np.ndarray  # (rows, units) ranking accuracy on the true-label held-out pairs (NaN: no implicit reward)
     failures: dict[str, str] = field(default_factory=dict)  # label -> why training stopped
 
     def index(self, label: str) -> int:

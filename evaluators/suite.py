@@ -33,10 +33,10 @@ import numpy as np
 
 from evaluators.datasets import DatasetConfig, parse_variant, statistics
 from evaluators.paths import cache_root
-from evaluators.po_trainer import TrainConfig, reference_logps, dataset_arrays
-from evaluators.reference import BCConfig
+from evaluators.po_trainer import TrainConfig, dataset_arrays, reference_logps
 from evaluators.protocol import FRESH, TEST_DATA_SEED, TUNING, VALIDATION_DATA_SEED, Combo, Protocol, ScoreTable, \
     Setting, score_settings
+from evaluators.reference import BCConfig
 from evaluators.scoring import episode_returns, mean_ci95
 from evaluators.behaviour import reference_returns
 from evaluators.policy import init_policy
