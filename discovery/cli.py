@@ -257,7 +257,7 @@ def run(
     batch: int = typer.Option(8, min=1, help="candidates trained per population call (GP/LLM generations)"),
     backend: str = typer.Option("native", help="rollout backend for scoring: native (CPU MuJoCo) or mjx"),
     budget_evals: int = typer.Option(48, min=0, help="stop after this many candidates trained (0: no limit)"),
-    budget_minutes: float = typer.Option(3.0, min=0, help="stop after this many minutes of search (0: no limit)"),
+    budget_minutes: float = typer.Option(1.5, min=0, help="stop after this many minutes of search (0: no limit)"),
     gp: float = typer.Option(0.7, min=0, help="scheduler weight of genetic programming"),
     es: float = typer.Option(0.3, min=0, help="scheduler weight of the evolution strategy on constants"),
     llm: float = typer.Option(0.0, min=0, help="scheduler weight of the LLM proposer (needs an endpoint)"),
@@ -272,10 +272,11 @@ def run(
     es_strategy: str = typer.Option("cma", help="evosax strategy: cma, openes or snes"),
     descriptors: str = typer.Option("complexity,saturation",
                                     help="QD grid axes: name or name=low:high:bins, comma-separated"),
-    baseline: list[str] = typer.Option(None, help="zoo objectives of generation 0 (repeatable; default all)"),
+    baseline: list[str] = typer.Option(None, help="zoo objectives of generation 0 (repeatable; default the "
+                                                  "reported losses sft, dpo, ipo, orpo, cpl; 'all': the whole zoo)"),
     top_k: int = typer.Option(3, min=1, help="finalists of the final report (top elites of distinct behaviour)"),
-    fresh_seeds: int = typer.Option(5, min=2, help="pi_ref seeds of the final report (fresh seeds, test data seed)"),
-    max_seeds: int = typer.Option(8, min=1, help="racing cap: training seeds a promising candidate may get "
+    fresh_seeds: int = typer.Option(3, min=2, help="pi_ref seeds of the final report (fresh seeds, test data seed)"),
+    max_seeds: int = typer.Option(4, min=1, help="racing cap: training seeds a promising candidate may get "
                                                  "(rungs double from --seeds)"),
     allow_non_monotone: bool = typer.Option(False, "--allow-non-monotone",
                                             help="also search losses that are not monotone in the preferences"),
@@ -340,7 +341,7 @@ def run(
 
 def _search_config(task, dataset, seeds, episodes, steps, pairs, segment_length, reference_steps, batch, backend,
                    budget_evals, budget_minutes, gp, es, llm, llm_provider, llm_model, llm_base_url, llm_max_calls,
-                   llm_timeout, es_strategy, descriptors, baseline, top_k, fresh_seeds, seed, max_seeds=8,
+                   llm_timeout, es_strategy, descriptors, baseline, top_k, fresh_seeds, seed, max_seeds=4,
                    allow_non_monotone=False, holdout=None, report_baselines="tuned"):
     """The `SearchConfig` the options of `discover run` describe (not validated yet)."""
     from dataclasses import replace
@@ -371,9 +372,18 @@ def _search_config(task, dataset, seeds, episodes, steps, pairs, segment_length,
     return SearchConfig(fitness=fitness, seed=seed, max_evaluations=budget_evals or None,
                         max_seconds=budget_minutes * 60 or None, weights={"gp": gp, "es": es, "llm": llm},
                         es=ESConfig(strategy=es_strategy), llm=llm_cfg, descriptors=descriptors,
-                        baselines=tuple(baseline or ()), top_k=top_k, fresh_seeds=fresh_seeds, max_seeds=max_seeds,
+                        baselines=_baselines(baseline), top_k=top_k, fresh_seeds=fresh_seeds, max_seeds=max_seeds,
                         allow_non_monotone=allow_non_monotone, holdouts=tuple(holdout or ()),
                         report_baselines=report_baselines)
+
+
+def _baselines(names: list[str] | None) -> tuple[str, ...]:
+    """--baseline: none given, the reported losses; 'all', the whole zoo (an empty tuple); else the names."""
+    from evaluators.suite import REPORTED_LOSSES
+
+    if not names:
+        return REPORTED_LOSSES
+    return () if list(names) == ["all"] else tuple(names)
 
 
 def _shown(setting: str, value) -> str:
@@ -436,6 +446,7 @@ def _stored_exchanges(archive: str, run_id: int) -> list[dict]:
 def _search(search, archive: str) -> None:
     """Run the search with the live view (or one line per generation when output is not a terminal), then
     re-evaluate on fresh seeds, print the table and write the plots."""
+    import time
     from contextlib import nullcontext
 
     from rich.live import Live
@@ -448,11 +459,17 @@ def _search(search, archive: str) -> None:
     live = Live(live_view(search, history, status[0]), console=console, refresh_per_second=2, transient=False) \
         if console.is_terminal else None
 
+    start = time.monotonic()
+
     def refresh(msg: str | None = None):
         if msg:
             status[0] = msg
         if live is not None:
             live.update(live_view(search, history, status[0]))
+        elif msg:  # plain lines when the output is not a terminal
+            elapsed = int(time.monotonic() - start)
+            console.print(f"[{elapsed // 60:02d}:{elapsed % 60:02d}] {msg}", highlight=False, markup=False,
+                          soft_wrap=True)
 
     def on_generation(g):
         history.append(g)

@@ -100,17 +100,17 @@ class SearchConfig:
     fitness: FitnessConfig = FitnessConfig()
     seed: int = 0
     max_evaluations: int | None = 48  # candidates trained, baselines excluded
-    max_seconds: float | None = 240.0  # wall-clock of the search phase, summed over resumes
+    max_seconds: float | None = 90.0  # wall-clock of the search phase, summed over resumes
     weights: Mapping[str, float] = field(default_factory=lambda: {"gp": 0.7, "es": 0.3, "llm": 0.0})
     gp: GPConfig = GPConfig()
     es: ESConfig = ESConfig()
     llm: LLMConfig = LLMConfig()
     descriptors: str = "complexity,saturation"  # QD grid axes, see archive.descriptors.parse_descriptor_specs
     tournament: int = 3
-    baselines: tuple[str, ...] = ()  # zoo names evaluated in generation 0 (empty: the whole zoo)
+    baselines: tuple[str, ...] = REPORTED_LOSSES  # zoo names evaluated in generation 0 (empty: the whole zoo)
     top_k: int = 3  # elites re-evaluated on fresh seeds at the end
-    fresh_seeds: int = 5
-    max_seeds: int = 8  # racing cap: training seeds a promising candidate may get (rungs double from fitness.seeds)
+    fresh_seeds: int = 3  # pi_ref seeds of the final report (the suite check uses 5)
+    max_seeds: int = 4  # racing cap: training seeds a promising candidate may get (rungs double from fitness.seeds)
     allow_non_monotone: bool = False  # search losses that are not monotone in the preferences too
     holdouts: tuple[str, ...] = ()  # "task:variant" combos scored only in the final report
     report_baselines: str = "tuned"  # baselines of the final report: "tuned" (suite.tune) or "default"

@@ -84,7 +84,7 @@ class Combo:
                  protocol: Protocol, bc: BCConfig = BCConfig(), cache: str | None = None, on_event=None):
         self.task = get_task(task) if isinstance(task, str) else task
         self.variant = parse_variant(variant) if isinstance(variant, str) else variant
-        self.data_seed, self.protocol, self.bc, self.cache = data_seed, protocol, bc, cache
+        self.data_seed, self.protocol, self.bc, self.cache, self.on_event = data_seed, protocol, bc, cache, on_event
         if on_event:
             on_event(f"preparing {self.task.name} {self.variant.spec} (data seed {data_seed}): dataset and pi_ref")
         full = build(self.task, self.variant, data_seed, dataset, cache)
@@ -112,7 +112,7 @@ class Combo:
         return self._clones("best")
 
     def with_variant(self, variant: str | Variant, dataset: DatasetConfig) -> Combo:
-        return Combo(self.task, variant, self.data_seed, dataset, self.protocol, self.bc, self.cache)
+        return Combo(self.task, variant, self.data_seed, dataset, self.protocol, self.bc, self.cache, self.on_event)
 
 
 @dataclass
@@ -170,7 +170,7 @@ def score_settings(combo: Combo, settings: list[Setting], train: TrainConfig = T
     """Train every setting from every pi_ref seed x training seed and score it with pi_ref and the oracle.
 
     Settings are trained ``batch`` at a time (padded), one population call per (pi_ref seed, steps), so a
-    search with a fixed batch never recompiles. The returned table's rows are the settings, then
+    search with a fixed batch never recompiles and a setting's scores do not depend on its batch-mates. The returned table's rows are the settings, then
     ``policy_rows``.
     """
     protocol = combo.protocol
@@ -181,6 +181,8 @@ def score_settings(combo: Combo, settings: list[Setting], train: TrainConfig = T
     by_steps: dict[int, list[int]] = {}
     for i, s in enumerate(settings):
         by_steps.setdefault(s.steps, []).append(i)
+    calls = sum(-(-len(m) // batch) for m in by_steps.values()) * R
+    done = 0
     for steps, members in by_steps.items():
         cfg = replace(train, steps=steps)
         for start in range(0, len(members), batch):
@@ -192,6 +194,9 @@ def score_settings(combo: Combo, settings: list[Setting], train: TrainConfig = T
             for r, ref in enumerate(combo.references):
                 out = train_population(interpret, combo.train, ref, programs, constants,
                                        np.asarray(protocol.train_seeds), cfg, learning_rates=lrs)
+                done += 1
+                if combo.on_event:
+                    combo.on_event(f"{combo.name}: trained population {done}/{calls} ({len(padded)} x {S} seeds x {steps} steps)")
                 reasons = out.reasons()
                 for k, i in enumerate(chunk):
                     flat[i * R + r] = {key: v[k, :, 0] for key, v in out.params.items()}

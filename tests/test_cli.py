@@ -132,3 +132,21 @@ def test_help_shows_no_value_type_after_plain_flags(command):
     result = run(*command, "--help", env={"COLUMNS": "160"})
     assert result.exit_code == 0, result.output
     assert "<bool>" not in result.output and "--help" in result.output
+
+
+def test_run_defaults_are_the_search_config_defaults():
+    import inspect
+
+    from discovery.cli import _search_config, run
+    from discovery.search import SearchConfig
+
+    wanted = inspect.signature(_search_config).parameters
+    given = {name: p.default.default for name, p in inspect.signature(run).parameters.items() if name in wanted}
+    assert _search_config(**given) == SearchConfig()
+
+
+def test_baseline_all_means_the_whole_zoo():
+    from discovery.cli import _baselines
+    from evaluators.suite import REPORTED_LOSSES
+
+    assert _baselines(None) == REPORTED_LOSSES and _baselines(["all"]) == () and _baselines(["dpo"]) == ("dpo",)

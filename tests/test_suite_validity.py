@@ -196,3 +196,28 @@ def test_a_dataset_of_an_older_format_is_rebuilt_not_misread(tmp_path):
     events = []
     again = D.build(HOPPER, "clean", seed=5, config=TINY, cache=str(tmp_path), on_event=events.append)
     assert events and again.content_hash == ds.content_hash and D.load(ds.path).config == TINY
+
+
+def test_tuned_settings_come_from_the_cache_then_from_the_shipped_files(tmp_path, monkeypatch):
+    import json
+    import os
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("tuning ran although stored settings match")
+
+    monkeypatch.setattr(S, "Combo", no_training)
+    shipped, cache = tmp_path / "shipped", tmp_path / "cache"
+    shipped.mkdir()
+    monkeypatch.setattr(S, "SHIPPED_TUNED", str(shipped))
+    path = S._tuned_path("halfcheetah", "clean", S.SUITE["halfcheetah"], S.REPORTED_LOSSES, str(cache))
+    best = {"sft": {"label": "sft|lr=0.001|steps=300", "lr": 1e-3, "steps": 300, "constants": {},
+                    "validation_score": 70.0}}
+    (shipped / os.path.basename(path)).write_text(json.dumps({"best": best}))
+    assert S.tune("halfcheetah", "clean", cache=str(cache)) == best
+    cache.mkdir()
+    mine = {"sft": {**best["sft"], "lr": 3e-4}}
+    with open(path, "w") as f:
+        json.dump({"best": mine}, f)
+    assert S.tune("halfcheetah", "clean", cache=str(cache)) == mine  # the cache comes first
+    other = S._tuned_path("halfcheetah", "mixed", S.SUITE["halfcheetah"], S.REPORTED_LOSSES, str(cache))
+    assert os.path.basename(other) != os.path.basename(path)  # other inputs, other file: never reused
