@@ -22,13 +22,12 @@ from dataclasses import replace
 import numpy as np
 from scipy import stats
 
-from evaluators.protocol import TEST_DATA_SEED, Combo, ScoreTable, Setting, score_settings
+from evaluators.protocol import SHUFFLED, TEST_DATA_SEED, ScoreTable, Setting
 from evaluators.scoring import mean_ci95
 from evaluators.suite import default_setting, tune, tuned_setting
 from grammar.zoo import baseline
 
 ALPHA = 0.05
-SHUFFLED = " [shuffled]"
 VERDICTS = ("better", "not distinguishable", "worse", "does not use the preferences")
 
 
@@ -63,18 +62,6 @@ def baseline_settings(names: tuple[str, ...], mode: str, task: str, variant: str
         best = tune(task, variant)
         return [tuned_setting(n, best[n]) for n in names if n in best]
     return [replace(default_setting(n, baseline(n), train), label=f"{n} (default)") for n in names]
-
-
-def score_combo(combo: Combo, finalists: list[Setting], baselines: list[Setting], train, dataset_cfg,
-                backend: str, batch: int) -> ScoreTable:
-    """Finalists, baselines, pi_ref and the oracle on one combo, and the finalists on shuffled labels."""
-    true = score_settings(combo, finalists + baselines, train, batch=batch, backend=backend)
-    if not finalists:
-        return true
-    shuffled = combo.with_variant(combo.variant.with_shuffled(), dataset_cfg)
-    control = score_settings(shuffled, [replace(s, label=s.label + SHUFFLED) for s in finalists], train,
-                             policy_rows=(), batch=batch, backend=backend)
-    return ScoreTable.merge([true, control])
 
 
 def build_report(finalists: list[dict], baselines: list[str], main: list[ScoreTable], holdouts: list[ScoreTable],

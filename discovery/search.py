@@ -48,10 +48,10 @@ from discovery.gp import GPConfig, tournament, vary
 from discovery.llm import LLMConfig, LLMProposer, llm_available
 from discovery.llm_prompt import PromptContext
 from discovery.racing import ETA, MIN_CI_UNITS, halve, rung_of, rung_seeds, rungs, separated
-from discovery.report import baseline_settings, build_report, score_combo
+from discovery.report import baseline_settings, build_report
 from evaluators.datasets import parse_variant
 from evaluators.fitness import Evaluation, FitnessConfig, FitnessEvaluator, unit_scores
-from evaluators.protocol import TEST_DATA_SEED, Setting
+from evaluators.protocol import TEST_DATA_SEED, Setting, score_with_controls
 from evaluators.suite import REPORTED_LOSSES, task_suite
 from grammar.canonical import complexity
 from grammar.objective import Objective
@@ -747,8 +747,7 @@ class Search:
             self.on_event(f"final report: {combo.name} (test data), {len(settings)} finalists with their "
                           f"shuffled controls and the {cfg.report_baselines} baselines")
             base = baseline_settings(names, cfg.report_baselines, combo.task.name, combo.variant.spec, fc.train)
-            dataset = fc.dataset or task_suite(combo.task.name).dataset
-            tables.append(score_combo(combo, settings, base, fc.train, dataset, fc.backend, fc.batch))
+            tables.append(score_with_controls(combo, settings, base, fc.train, batch=fc.batch, backend=fc.backend))
         labels = [f"{n} ({cfg.report_baselines})" for n in names]
         report = build_report(finalists, labels, tables[:len(main)], tables[len(main):],
                               main[0].protocol.describe(), cfg.report_baselines,

@@ -36,6 +36,7 @@ from grammar.objective import Objective
 VALIDATION_DATA_SEED = 0  # tuning and search
 TEST_DATA_SEED = 1  # fresh data for every reported comparison
 POLICY_ROWS = ("pi_ref", "oracle")  # policies scored beside every table: floor and ceiling
+SHUFFLED = " [shuffled]"  # label suffix of a setting's label-shuffle control
 
 
 @dataclass(frozen=True)
@@ -87,6 +88,7 @@ class Combo:
         self.data_seed, self.protocol, self.bc, self.cache, self.on_event = data_seed, protocol, bc, cache, on_event
         if on_event:
             on_event(f"preparing {self.task.name} {self.variant.spec} (data seed {data_seed}): dataset and pi_ref")
+        self.dataset = dataset
         full = build(self.task, self.variant, data_seed, dataset, cache)
         self.train, self.heldout = full.split(protocol.heldout_fraction)
         base = full if not self.variant.shuffled else build(self.task, self.variant.unshuffled, data_seed,
@@ -219,3 +221,17 @@ def score_settings(combo: Combo, settings: list[Setting], train: TrainConfig = T
     all_returns = np.concatenate([setting_returns, policy_returns])
     return ScoreTable(combo.name, [s.label for s in settings] + list(policy_rows), protocol.units,
                       normalise(combo.task, all_returns), all_returns, ranking, failures)
+
+
+def score_with_controls(combo: Combo, controlled: list[Setting], others: list[Setting] = (),
+                        train: TrainConfig = TrainConfig(), dataset: DatasetConfig | None = None, batch: int = 8,
+                        backend: str = "native") -> ScoreTable:
+    """``score_settings`` of every setting, and each ``controlled`` one again on the label-shuffled
+    dataset (label + ``SHUFFLED``): the same pi_ref seeds, training seeds and episodes, so paired."""
+    true = score_settings(combo, list(controlled) + list(others), train, batch=batch, backend=backend)
+    if not controlled:
+        return true
+    shuffled = combo.with_variant(combo.variant.with_shuffled(), dataset or combo.dataset)
+    control = score_settings(shuffled, [replace(s, label=s.label + SHUFFLED) for s in controlled], train,
+                             policy_rows=(), batch=batch, backend=backend)
+    return ScoreTable.merge([true, control])

@@ -7,7 +7,7 @@ per task x variant, each property with its figure, threshold and verdict (``Gate
    also reported: how often the better level is chosen in pairs of different levels;
 2. side channel: the ROC AUC with which pi_ref's per-step mean log-likelihood picks the truly better
    segment (every level acts with the same noise; what is left is real behaviour, judged by gate 5);
-3. a stable pi_ref: the 95% CI of its mean score over the reference seeds is within +-10 points;
+3. a stable pi_ref: the 95% CI of its mean score over 10 BC seeds is within +-10 points;
 4. room above pi_ref: oracle >= 80 and oracle - pi_ref >= 25 (clean);
 5. preferences win: a TUNED zoo loss beats pi_ref by >= 10 points and its own shuffled-label self by
    >= 10 points, each a paired difference whose 95% CI lies above 0, on a test dataset seed and
@@ -34,12 +34,12 @@ import numpy as np
 from evaluators.datasets import DatasetConfig, parse_variant, statistics
 from evaluators.paths import cache_root
 from evaluators.po_trainer import TrainConfig, dataset_arrays, reference_logps
-from evaluators.protocol import FRESH, TEST_DATA_SEED, TUNING, VALIDATION_DATA_SEED, Combo, Protocol, ScoreTable, \
-    Setting, score_settings
-from evaluators.reference import BCConfig
-from evaluators.scoring import episode_returns, mean_ci95
+from evaluators.protocol import FRESH, SHUFFLED, TEST_DATA_SEED, TUNING, VALIDATION_DATA_SEED, Combo, Protocol, \
+    ScoreTable, Setting, score_settings, score_with_controls
+from evaluators.reference import BCConfig, reference_policy
+from evaluators.scoring import episode_returns, mean_ci95, normalise
 from evaluators.behaviour import reference_returns
-from evaluators.policy import init_policy
+from evaluators.policy import init_policy, stack
 from evaluators.tasks import get_task
 from grammar.objective import Objective
 from grammar.zoo import baseline
@@ -86,6 +86,9 @@ PAIRWISE_LOSSES = ("dpo", "ipo", "orpo", "cpl")  # losses that use both sides of
 GRID_LR = (3e-4, 1e-3, 3e-3)  # at lr <= 1e-4 x 300 steps no loss moved pi_ref on halfcheetah
 GRID_STEPS = (100, 300)
 GRID_CONSTANT = {"beta": (0.01, 0.1, 1.0), "lam": (0.1, 1.0)}  # each loss tunes the first of these it has
+
+# Gate 3 measures pi_ref's stability on more BC seeds than the protocol trains from (BC alone is cheap)
+STABILITY_SEEDS = tuple(range(10))
 
 THRESHOLDS = {"informative": 0.10, "pi_ref_ci": 10.0, "oracle": 80.0, "room": 25.0, "win": 10.0,
               "expert_over_standing": 3.0}
@@ -256,29 +259,25 @@ def check_variant(task: str, variant: str, protocol: Protocol = FRESH, cache: st
     defaults = [default_setting(n, baseline(n), suite.train) for n in REPORTED_LOSSES]
     tuned = [tuned_setting(n, best[n]) for n in REPORTED_LOSSES if n in best]
     combo = Combo(task, v, TEST_DATA_SEED, suite.dataset, protocol, suite.reference, cache, on_event)
-    shuffled = combo.with_variant(v.with_shuffled(), suite.dataset)
     if on_event:
         on_event(f"scoring {len(defaults) + len(tuned)} settings on {combo.name} and its shuffled control")
-    true_table = score_settings(combo, defaults + tuned, suite.train)
-    shuffled_table = score_settings(shuffled, [replace(s, label=s.label + " [shuffled]") for s in defaults + tuned],
-                                    suite.train, policy_rows=())
-    table = ScoreTable.merge([true_table, shuffled_table])
+    table = score_with_controls(combo, defaults + tuned, train=suite.train)
 
     rows = []
     for label in table.labels:
         row = table.row(label)
         if label not in ("pi_ref", "oracle"):
             row["minus_pi_ref"] = table.paired(label, "pi_ref")
-            if not label.endswith("[shuffled]"):
-                row["minus_shuffled"] = table.paired(label, label + " [shuffled]")
+            if not label.endswith(SHUFFLED):
+                row["minus_shuffled"] = table.paired(label, label + SHUFFLED)
         rows.append(row)
 
     labels = label_figures(combo.base_train)
     ref_mean, ref_ci = table.mean_ci("pi_ref")
-    pi_ref_seed_ci = _reference_ci(table, protocol)
+    stability = reference_stability(combo)
     oracle_mean, _ = table.mean_ci("oracle")
     winners = [s.label for s in tuned if _above(table.paired(s.label, "pi_ref"), THRESHOLDS["win"])
-               and _above(table.paired(s.label, s.label + " [shuffled]"), THRESHOLDS["win"])]
+               and _above(table.paired(s.label, s.label + SHUFFLED), THRESHOLDS["win"])]
     ratio, r_zero = standing_still_ratio(task)
     is_clean = v.name == "clean"
     gates = [
@@ -287,9 +286,7 @@ def check_variant(task: str, variant: str, protocol: Protocol = FRESH, cache: st
              f"better level chosen in {labels['better_level_chosen']:.0%} of pairs of different levels"),
         Gate("2 side channel (AUC)", side_channel_auc(combo.base_train, combo.references[0]), "reported; gate 5 decides",
              None, "pi_ref's per-step mean log-likelihood picking the truly better segment"),
-        Gate("3 stable pi_ref (CI)", pi_ref_seed_ci, f"<= {THRESHOLDS['pi_ref_ci']:g} over "
-             f"{len(protocol.reference_seeds)} BC seeds", bool(pi_ref_seed_ci <= THRESHOLDS["pi_ref_ci"]),
-             f"pi_ref {ref_mean:.1f}"),
+        stability_gate(stability, _reference_ci(table, protocol), len(protocol.reference_seeds)),
         Gate("4 room above pi_ref", oracle_mean - ref_mean,
              f"oracle >= {THRESHOLDS['oracle']:g} and gap >= {THRESHOLDS['room']:g} (clean)",
              (oracle_mean >= THRESHOLDS["oracle"] and oracle_mean - ref_mean >= THRESHOLDS["room"]) if is_clean else None,
@@ -307,10 +304,27 @@ def check_variant(task: str, variant: str, protocol: Protocol = FRESH, cache: st
         if label in table.labels and "sft (tuned)" in table.labels:
             pairwise[n] = {"minus_pi_ref": table.paired(label, "pi_ref"),
                            "minus_sft": table.paired(label, "sft (tuned)"),
-                           "minus_shuffled": table.paired(label, label + " [shuffled]"),
+                           "minus_shuffled": table.paired(label, label + SHUFFLED),
                            "wins": _above(table.paired(label, "pi_ref"), 0.0)
                            and _above(table.paired(label, "sft (tuned)"), 0.0)}
     return VariantReport(task, v.spec, gates, labels, rows, best, pairwise)
+
+
+def reference_stability(combo: Combo, seeds: tuple[int, ...] = STABILITY_SEEDS) -> np.ndarray:
+    """Gate 3's data: pi_ref's score for each BC seed (the protocol's seeds come from the cache)."""
+    task, protocol = combo.task, combo.protocol
+    policies = [reference_policy(combo.base_train, replace(combo.bc, source="both", seed=s), combo.cache)
+                for s in seeds]
+    returns = episode_returns(task, stack(policies), protocol.episodes, protocol.eval_seed)
+    return normalise(task, returns).mean(-1)
+
+
+def stability_gate(scores: np.ndarray, protocol_ci: float, protocol_seeds: int) -> Gate:
+    mean, ci = mean_ci95(scores)
+    return Gate("3 stable pi_ref (CI)", float(ci), f"<= {THRESHOLDS['pi_ref_ci']:g} over {len(scores)} BC seeds",
+                bool(ci <= THRESHOLDS["pi_ref_ci"]),
+                f"pi_ref {mean:.1f}, sd {np.std(scores, ddof=1):.1f}, range {scores.min():.1f}-{scores.max():.1f}; "
+                f"CI over the protocol's {protocol_seeds} seeds {protocol_ci:.1f}")
 
 
 def _reference_ci(table: ScoreTable, protocol: Protocol) -> float:

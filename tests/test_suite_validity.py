@@ -221,3 +221,33 @@ def test_tuned_settings_come_from_the_cache_then_from_the_shipped_files(tmp_path
     assert S.tune("halfcheetah", "clean", cache=str(cache)) == mine  # the cache comes first
     other = S._tuned_path("halfcheetah", "mixed", S.SUITE["halfcheetah"], S.REPORTED_LOSSES, str(cache))
     assert os.path.basename(other) != os.path.basename(path)  # other inputs, other file: never reused
+
+
+def test_reference_stability_scores_the_protocols_pi_ref_and_more_seeds(table):
+    combo, t = table
+    scores = S.reference_stability(combo, seeds=(0, 1, 2))
+    pi_ref = t.unit_scores("pi_ref")  # units (0, 3), (0, 4), (1, 3), (1, 4): pi_ref seeds 0 and 1
+    np.testing.assert_allclose(scores[:2], [pi_ref[0], pi_ref[2]])
+    gate = S.stability_gate(np.array([60.0, 62.0, 58.0, 61.0, 59.0]), 12.0, 5)
+    assert gate.passed and gate.figure == pytest.approx(2.776 * np.std([60, 62, 58, 61, 59], ddof=1) / 5 ** 0.5, 1e-3)
+    assert not S.stability_gate(np.array([40.0, 80.0, 60.0]), 1.0, 5).passed
+
+
+def test_front_door_scores_a_loss_with_its_controls(monkeypatch, cache):
+    from discovery import api
+
+    assert api.loss("dpo") == baseline("dpo") and api.loss(baseline("ipo")) == baseline("ipo")
+    mine = api.loss("-logsigmoid(beta*(logp_w - ref_w - logp_l + ref_l))", "mine", {"beta": 0.5})
+    assert mine.constants == {"beta": 0.5}
+    monkeypatch.setitem(S.SUITE, "hopper", S.TaskSuite("hopper", TINY, BCConfig(steps=50),
+                                                      TrainConfig(steps=5, batch_pairs=8, curve_points=1)))
+    t = api.score({"mine": mine, "sft": api.Setting("x", baseline("sft"), 1e-3, 5)}, "hopper", "clean",
+                  protocol=TINY_PROTOCOL, data_seed=0, cache=cache)
+    assert t.labels == ["mine", "sft", "pi_ref", "oracle", "mine [shuffled]", "sft [shuffled]"]
+    assert t.scores.shape == (6, 4, 1) and np.isfinite(t.paired("mine", "mine [shuffled]")[0])
+    alone = api.score({"mine": mine}, "hopper", "clean", protocol=TINY_PROTOCOL, data_seed=0, cache=cache,
+                      shuffled_control=False)
+    assert alone.labels == ["mine", "pi_ref", "oracle"]
+    np.testing.assert_array_equal(alone.scores[0], t.scores[0])
+    with pytest.raises(ValueError, match="unknown task"):
+        api.score({"mine": mine}, "humanoid")

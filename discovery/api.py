@@ -1,0 +1,59 @@
+"""The Python front door: score your own losses on the suite exactly as every report does.
+
+    from discovery.api import loss, score
+
+    mine = loss("-logsigmoid(beta*(logp_w - ref_w - logp_l + ref_l)) - 0.1*mlogp_w", constants={"beta": 0.5})
+    table = score({"mine": mine, "dpo": "dpo"}, task="halfcheetah", variant="noisy:0.2")
+    table.mean_ci("mine")                      # mean normalised score and its 95% CI over seed units
+    table.paired("mine", "pi_ref")             # paired difference to pi_ref (the floor); "oracle" is the ceiling
+    table.paired("mine", "mine [shuffled]")    # does it win by using the preferences?
+    score({s.label: s for s in tuned_baselines("halfcheetah", "noisy:0.2")}, variant="noisy:0.2")
+
+A loss is a zoo name, an expression in the objective language (parsed by the safe parser, never
+evaluated as Python) or an ``Objective``. Scores use the suite's dataset, pi_ref, training budget and the
+``FRESH`` protocol on the test dataset seed unless told otherwise; tuned zoo settings come from
+``tuned_baselines``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from evaluators.protocol import FRESH, TEST_DATA_SEED, Combo, Protocol, ScoreTable, Setting, score_with_controls
+from evaluators.suite import task_suite, tune, tuned_setting
+from grammar.objective import Objective
+from grammar.zoo import ZOO, baseline
+
+
+def loss(spec: str | Objective, name: str = "loss", constants: Mapping[str, float] | None = None) -> Objective:
+    """A zoo name, an expression of the objective language, or an ``Objective`` as it is."""
+    if isinstance(spec, Objective):
+        return spec
+    if spec in ZOO:
+        return baseline(spec)
+    return Objective.free(name, spec, constants=constants)
+
+
+def score(losses: Mapping[str, str | Objective | Setting], task: str = "halfcheetah", variant: str = "clean", *,
+          lr: float | None = None, steps: int | None = None, protocol: Protocol = FRESH,
+          data_seed: int = TEST_DATA_SEED, shuffled_control: bool = True, cache: str | None = None,
+          on_event=None) -> ScoreTable:
+    """Train every loss from the suite's pi_ref seeds and score it beside pi_ref and the oracle.
+
+    ``lr``/``steps`` default to the task's suite training budget; a ``Setting`` (e.g. from
+    ``tuned_baselines``) brings its own. With ``shuffled_control`` each loss
+    is also trained on the label-shuffled dataset (row ``"<label> [shuffled]"``), paired unit by unit.
+    """
+    suite = task_suite(task)
+    protocol.validate()
+    settings = [Setting(label, spec.objective, spec.lr, spec.steps) if isinstance(spec, Setting) else
+                Setting(label, loss(spec, label), lr or suite.train.lr, steps or suite.train.steps)
+                for label, spec in losses.items()]
+    combo = Combo(task, variant, data_seed, suite.dataset, protocol, suite.reference, cache, on_event)
+    return score_with_controls(combo, settings if shuffled_control else [],
+                               [] if shuffled_control else settings, suite.train)
+
+
+def tuned_baselines(task: str = "halfcheetah", variant: str = "clean", cache: str | None = None) -> list[Setting]:
+    """The reported zoo losses at their tuned settings for (task, variant): shipped, cached or tuned now."""
+    return [tuned_setting(name, best) for name, best in tune(task, variant, cache=cache).items()]
