@@ -100,7 +100,7 @@ class SearchConfig:
     fitness: FitnessConfig = FitnessConfig()
     seed: int = 0
     max_evaluations: int | None = 48  # candidates trained, baselines excluded
-    max_seconds: float | None = 90.0  # wall-clock of the search phase, summed over resumes
+    max_seconds: float | None = 90.0  # wall-clock of the search phase, summed over resumes (generation 1 always runs)
     weights: Mapping[str, float] = field(default_factory=lambda: {"gp": 0.7, "es": 0.3, "llm": 0.0})
     gp: GPConfig = GPConfig()
     es: ESConfig = ESConfig()
@@ -394,7 +394,8 @@ class Search:
         cfg = self.cfg
         if cfg.max_evaluations is not None and self.evaluations() >= cfg.max_evaluations:
             return False
-        return cfg.max_seconds is None or self.generation == 0 or self.elapsed() < cfg.max_seconds
+        # a time budget never stops a run before its first search generation (generation 1)
+        return cfg.max_seconds is None or self.generation <= 1 or self.elapsed() < cfg.max_seconds
 
     def best_baseline(self) -> tuple[str, float] | None:
         """(name, fitness) of the fittest zoo objective of generation 0."""

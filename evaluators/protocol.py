@@ -27,7 +27,7 @@ import numpy as np
 
 from evaluators.datasets import DatasetConfig, PreferenceDataset, Variant, build, parse_variant
 from evaluators.po_trainer import STOP_REASONS, TrainConfig, ranking_accuracy, train_population
-from evaluators.reference import BCConfig, reference_policy
+from evaluators.reference import BCConfig, reference_policies
 from evaluators.scoring import episode_returns, mean_ci95, normalise
 from evaluators.tasks import Task, get_task
 from grammar.kernel import constant_vector, encode, interpret, stack
@@ -102,8 +102,8 @@ class Combo:
     def _clones(self, source: str) -> list[dict]:
         # pi_ref and the oracle depend on the segments only, never on the labels: the shuffled control
         # shares them with its true-label variant.
-        return [reference_policy(self.base_train, replace(self.bc, source=source, seed=s), self.cache)
-                for s in self.protocol.reference_seeds]
+        return reference_policies(self.base_train, [replace(self.bc, source=source, seed=s)
+                                                     for s in self.protocol.reference_seeds], self.cache)
 
     @cached_property
     def references(self) -> list[dict]:

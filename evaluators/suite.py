@@ -36,7 +36,7 @@ from evaluators.paths import cache_root
 from evaluators.po_trainer import TrainConfig, dataset_arrays, reference_logps
 from evaluators.protocol import FRESH, SHUFFLED, TEST_DATA_SEED, TUNING, VALIDATION_DATA_SEED, Combo, Protocol, \
     ScoreTable, Setting, score_settings, score_with_controls
-from evaluators.reference import BCConfig, reference_policy
+from evaluators.reference import BCConfig, reference_policies
 from evaluators.scoring import episode_returns, mean_ci95, normalise
 from evaluators.behaviour import reference_returns
 from evaluators.policy import init_policy, stack
@@ -313,8 +313,8 @@ def check_variant(task: str, variant: str, protocol: Protocol = FRESH, cache: st
 def reference_stability(combo: Combo, seeds: tuple[int, ...] = STABILITY_SEEDS) -> np.ndarray:
     """Gate 3's data: pi_ref's score for each BC seed (the protocol's seeds come from the cache)."""
     task, protocol = combo.task, combo.protocol
-    policies = [reference_policy(combo.base_train, replace(combo.bc, source="both", seed=s), combo.cache)
-                for s in seeds]
+    policies = reference_policies(combo.base_train, [replace(combo.bc, source="both", seed=s) for s in seeds],
+                                  combo.cache)
     returns = episode_returns(task, stack(policies), protocol.episodes, protocol.eval_seed)
     return normalise(task, returns).mean(-1)
 

@@ -366,3 +366,12 @@ def test_llm_feedback_is_a_few_grouped_reasons_per_proposer(tmp_path):
         "[llm] too many proposals: 1 of the last 17; e.g. ... -> objectives 17-500: beyond the limit of 16 "
         "objectives per answer"]
     search.close()
+
+
+def test_a_time_budget_spent_by_generation_0_still_runs_one_search_generation(cache, tmp_path):
+    cfg = dataclasses.replace(TINY, max_evaluations=None, max_seconds=1e-3, baselines=("dpo",))
+    with ArchiveStore(tmp_path / "a.db") as store:
+        with Search.start(store, cfg) as search:
+            generations = search.run()
+        assert [g.index for g in generations] == [0, 1]
+        assert {c["generation"] for c in store.candidates(search.run_id)} == {0, 1}

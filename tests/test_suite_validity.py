@@ -251,3 +251,15 @@ def test_front_door_scores_a_loss_with_its_controls(monkeypatch, cache):
     np.testing.assert_array_equal(alone.scores[0], t.scores[0])
     with pytest.raises(ValueError, match="unknown task"):
         api.score({"mine": mine}, "humanoid")
+
+
+def test_references_fitted_side_by_side_equal_those_fitted_one_at_a_time(tmp_path):
+    from evaluators.reference import reference_policies
+
+    ds = D.build(HOPPER, "clean", seed=0, config=TINY, cache=str(tmp_path / "data"))
+    cfgs = [BCConfig(steps=50, seed=s) for s in (0, 1, 2)]
+    together = reference_policies(ds, cfgs, str(tmp_path / "together"))
+    alone = [reference_policy(ds, c, str(tmp_path / "alone")) for c in cfgs]
+    for a, b in zip(together, alone):
+        assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
+    assert not np.array_equal(together[0]["w0"], together[1]["w0"])
