@@ -617,8 +617,9 @@ class Search:
             screened.append((p, *self._screen(p, seen_now)))
         trainable = [p.objective for p, reason, _, _ in screened if not reason]
         if pending.report.proposer == ZOO_ORIGIN:  # the yardsticks: every baseline at the cap
-            results = self.evaluator.evaluate(trainable, train_seeds=tuple(range(self.cfg.max_seeds))) \
-                if trainable else []
+            # one population of the yardsticks' own size (no padding up to the batch)
+            results = self.evaluator.evaluate(trainable, train_seeds=tuple(range(self.cfg.max_seeds)),
+                                              batch=min(len(trainable), self.cfg.fitness.batch)) if trainable else []
             results = [self._tag_rungs(ev) for ev in results]
             if trainable:
                 pending.state[PI_REF_KEY] = {"fitness": self.evaluator.pi_ref}
