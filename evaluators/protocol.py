@@ -172,8 +172,8 @@ def score_settings(combo: Combo, settings: list[Setting], train: TrainConfig = T
     """Train every setting from every pi_ref seed x training seed and score it with pi_ref and the oracle.
 
     Settings are trained ``batch`` at a time (padded), one population call per (pi_ref seed, steps), so a
-    search with a fixed batch never recompiles and a setting's scores do not depend on its batch-mates. The returned table's rows are the settings, then
-    ``policy_rows``.
+    search with a fixed batch never recompiles and, at a given batch, a setting's scores do not depend on
+    its batch-mates. The returned table's rows are the settings, then ``policy_rows``.
     """
     protocol = combo.protocol
     R, S = len(protocol.reference_seeds), len(protocol.train_seeds)
