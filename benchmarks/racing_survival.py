@@ -16,6 +16,7 @@ import argparse
 import json
 import sys
 import time
+from dataclasses import replace
 
 from archive.store import ArchiveStore
 from discovery.api import score, tuned_baselines
@@ -45,7 +46,7 @@ def main(argv=None) -> dict:
     steps, lr = fc["train"]["steps"], fc["train"]["lr"]
     baselines = {s.label: s for s in tuned_baselines(task, variant)}
     start = time.perf_counter()
-    protocol = FRESH.__class__(**{**FRESH.__dict__, "reference_seeds": tuple(range(args.seeds))})
+    protocol = replace(FRESH, reference_seeds=tuple(range(args.seeds)))
     table = score({**{f"#{i}": Setting(f"#{i}", c["objective"], lr, steps) for i, c in chosen.items()}, **baselines},
                   task, variant, protocol=protocol, shuffled_control=False,
                   on_event=lambda m: print(m, file=sys.stderr, flush=True))

@@ -224,15 +224,14 @@ def score_settings(combo: Combo, settings: list[Setting], train: TrainConfig = T
 
 
 def score_with_controls(combo: Combo, controlled: list[Setting], others: list[Setting] = (),
-                        train: TrainConfig = TrainConfig(), dataset: DatasetConfig | None = None, batch: int = 8,
-                        backend: str = "native") -> ScoreTable:
+                        train: TrainConfig = TrainConfig(), batch: int = 8, backend: str = "native") -> ScoreTable:
     """``score_settings`` of every setting, and each ``controlled`` one again on the label-shuffled
     dataset (label + ``SHUFFLED``): the same pi_ref seeds, training seeds and episodes, so paired. The
     controls train in batches of at most their own number (a few finalists are not padded up to ``batch``)."""
     true = score_settings(combo, list(controlled) + list(others), train, batch=batch, backend=backend)
     if not controlled:
         return true
-    shuffled = combo.with_variant(combo.variant.with_shuffled(), dataset or combo.dataset)
+    shuffled = combo.with_variant(combo.variant.with_shuffled(), combo.dataset)
     control = score_settings(shuffled, [replace(s, label=s.label + SHUFFLED) for s in controlled], train,
                              policy_rows=(), batch=min(batch, len(controlled)), backend=backend)
     return ScoreTable.merge([true, control])
