@@ -43,7 +43,8 @@ from evaluators.errors import SuiteError
 from evaluators.paths import cache_root
 from evaluators.tasks import Task
 
-FORMAT_VERSION = 2  # 2: one action noise for every level, configurable levels, label-shuffle control
+FORMAT_VERSION = 3  # 2: one action noise for every level, configurable levels, label-shuffle control;
+# 3: policies evaluated by BLAS matmul (other rounding, hence other trajectories), records zero after termination
 ALL_LEVELS = ("random", "low", "medium", "expert")
 SHUFFLED_SUFFIX = "+shuffled"
 VARIANT_PARAMS = {  # name: (parameter name, default, low, high)

@@ -4,18 +4,20 @@ The environments live in ``mujoco.batch.Batch`` objects: each environment's stat
 that ``mj_step`` carries from one step to the next (solver warm start included), so results equal
 Gymnasium's ``MujocoEnv`` to the bit, and one call steps many environments with the GIL released.
 Ant observes ``cfrc_ext`` after ``mj_rnePostConstraint`` on the data ``mj_step`` left behind, so its
-batch keeps one ``MjData`` per environment (``persistent``) and that pass runs on a copy of it.
+environments are one ``MjData`` each, stepped by ``mj_step`` in a loop that releases the GIL.
 
-``run_policies`` evaluates a whole batch of policies at once (one einsum over P policies per control
-step). With more than one thread and enough environments they are split into two *lanes*, each its
-own batch: while one lane's physics runs, a helper thread evaluates the other lane's policies,
-rewards and records, so that Python work hides behind the physics. Each row is computed as without
-lanes and the action noise is drawn in the same order, so the results are the same to the bit.
+``run_policies`` evaluates a whole batch of policies at once (one batched matmul over P policies per
+control step). With more than one thread and enough environments they are split into two *lanes*,
+each its own batch on its share of the threads, run side by side by their own Python threads: while
+one lane's physics runs (GIL released), the other lane's policies, rewards and records are computed,
+so that no core waits for Python. Each row is computed as without lanes and the action noise of a
+step is drawn for all environments at once, in step order, so the results are the same to the bit.
 """
 
 from __future__ import annotations
 
 import os
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -23,7 +25,7 @@ import mujoco
 import mujoco.batch
 import numpy as np
 
-from evaluators.policy import ACTION_LIMIT, batched_policy_mean
+from evaluators.policy import ACTION_LIMIT, BatchedPolicies
 from evaluators.tasks import MAX_EPISODE_STEPS, Task
 
 LANE_MIN_ENVS = 8  # two lanes from 2 * LANE_MIN_ENVS environments on
@@ -33,19 +35,16 @@ def default_threads() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
-class _Lane:
+class _BatchLane:
     """The environments ``rows`` of a NativeBatch, simulated by one ``mujoco.batch.Batch``."""
 
     def __init__(self, task: Task, model: mujoco.MjModel, rows: slice, n_threads: int):
-        self.rows, self.task, self.model = rows, task, model
+        self.rows, self.task = rows, task
         n = rows.stop - rows.start
-        self.sim = mujoco.batch.Batch(model, n, nthread=n_threads, persistent=task.uses_contact_forces)
+        self.sim = mujoco.batch.Batch(model, n, nthread=n_threads)
         self.qpos, self.qvel, self.ctrl = (self.sim.bind(f) for f in ("qpos", "qvel", "ctrl"))
         self.torso_xpos = self.sim.bind("xpos")[:, 1] if task.position_from_torso else np.zeros((n, 3))
         self.cfrc_ext = np.zeros((n, model.nbody, 6))
-        if task.uses_contact_forces:
-            self._cfrc_out = self.sim.bind("cfrc_ext")
-            self._scratch = mujoco.MjData(model)
 
     def reset(self, ids: np.ndarray, qpos: np.ndarray, qvel: np.ndarray) -> None:
         """Gymnasium's reset of envs ``ids`` (sorted): mj_resetData, set the state, mj_forward."""
@@ -53,29 +52,57 @@ class _Lane:
         self.qpos[ids] = qpos
         self.qvel[ids] = qvel
         self.sim.forward(ids)
-        if self.task.uses_contact_forces:
-            self.cfrc_ext[ids] = self._cfrc_out[ids]
 
     def step(self, actions: np.ndarray, active: np.ndarray) -> None:
         """One control step of the active envs; the GIL is released while the physics runs."""
         np.copyto(self.ctrl, actions, where=active[:, None])
         self.sim.step(active, nstep=self.task.frame_skip)
 
-    def post_step(self, active: np.ndarray) -> None:
-        """Ant: ``cfrc_ext`` as Gymnasium reads it, from mj_rnePostConstraint after mj_step."""
-        if not self.task.uses_contact_forces:
-            return
-        d = self._scratch
+
+class _DataLane:
+    """The environments ``rows``, one ``MjData`` each, stepped in a loop (``mj_step`` releases the GIL).
+
+    For Ant, which observes ``cfrc_ext`` as ``mj_rnePostConstraint`` computes it on the data ``mj_step``
+    left behind: reading that data out of a ``mujoco.batch`` would copy each environment's whole
+    ``MjData`` every step, which costs more than this loop.
+    """
+
+    def __init__(self, task: Task, model: mujoco.MjModel, rows: slice):
+        self.rows, self.task, self.model = rows, task, model
+        n = rows.stop - rows.start
+        self.datas = [mujoco.MjData(model) for _ in range(n)]
+        self.qpos, self.qvel = np.zeros((n, model.nq)), np.zeros((n, model.nv))
+        self.torso_xpos, self.cfrc_ext = np.zeros((n, 3)), np.zeros((n, model.nbody, 6))
+        # Views of each MjData's fields, made once (making one costs as much as the copy through it).
+        self._views = [(d.ctrl, d.qpos, d.qvel, d.xpos[1], d.cfrc_ext) for d in self.datas]
+
+    def _read(self, i: int) -> None:
+        _, self.qpos[i], self.qvel[i], self.torso_xpos[i], self.cfrc_ext[i] = self._views[i]
+
+    def reset(self, ids: np.ndarray, qpos: np.ndarray, qvel: np.ndarray) -> None:
+        for k, i in enumerate(ids):
+            d = self.datas[i]
+            mujoco.mj_resetData(self.model, d)
+            d.qpos[:], d.qvel[:] = qpos[k], qvel[k]
+            mujoco.mj_forward(self.model, d)
+            self._read(i)
+
+    def step(self, actions: np.ndarray, active: np.ndarray) -> None:
+        m, frame_skip = self.model, self.task.frame_skip
         for i in np.flatnonzero(active):
-            self.sim.get_data(int(i), d)
-            mujoco.mj_rnePostConstraint(self.model, d)
-            self.cfrc_ext[i] = d.cfrc_ext
+            d = self.datas[i]
+            self._views[i][0][:] = actions[i]
+            mujoco.mj_step(m, d, frame_skip)
+            mujoco.mj_rnePostConstraint(m, d)
+            self._read(i)
 
 
 class NativeBatch:
     """``n_envs`` independent copies of ``task``; ``reset`` and ``step`` act on all (or a mask).
 
-    ``lanes``: 1 or 2 (default: 2 with more than one thread and at least 2 * LANE_MIN_ENVS envs).
+    The envs are split into ``lanes`` run side by side, each on its own Python thread. Default: one
+    lane per LANE_MIN_ENVS envs, at most 2 lanes of ``mujoco.batch`` (each on half the threads) or, for
+    tasks that observe contact forces, one ``MjData`` lane per thread.
     """
 
     def __init__(self, task: Task, n_envs: int, n_threads: int | None = None, lanes: int | None = None):
@@ -83,14 +110,16 @@ class NativeBatch:
         self.model = task.load_model()
         self.n_envs = n_envs
         n_threads = max(1, min(n_threads or default_threads(), n_envs))
+        per_env = task.uses_contact_forces
         if lanes is None:
-            lanes = 2 if n_threads > 1 and n_envs >= 2 * LANE_MIN_ENVS else 1
-        if lanes not in (1, 2):
-            raise ValueError(f"lanes must be 1 or 2, got {lanes}")
+            lanes = max(1, min(n_threads if per_env else 2, n_threads, n_envs // LANE_MIN_ENVS))
+        if lanes < 1:
+            raise ValueError(f"lanes must be at least 1, got {lanes}")
         cuts = np.linspace(0, n_envs, lanes + 1).round().astype(int)
-        self.lanes = [_Lane(task, self.model, slice(int(a), int(b)), n_threads)
-                      for a, b in zip(cuts[:-1], cuts[1:]) if b > a]
-        self._helper = ThreadPoolExecutor(1) if len(self.lanes) > 1 else None
+        rows = [slice(int(a), int(b)) for a, b in zip(cuts[:-1], cuts[1:]) if b > a]
+        self.lanes = [_DataLane(task, self.model, r) if per_env else
+                      _BatchLane(task, self.model, r, max(1, n_threads // lanes)) for r in rows]
+        self._helper = ThreadPoolExecutor(len(self.lanes) - 1) if len(self.lanes) > 1 else None
         m = self.model
         self.qpos = np.zeros((n_envs, m.nq))
         self.qvel = np.zeros((n_envs, m.nv))
@@ -108,6 +137,12 @@ class NativeBatch:
 
     def __exit__(self, *exc):
         self.close()
+
+    def _each_lane(self, work) -> list:
+        """``work(lane)`` for every lane, side by side on the lanes' own Python threads."""
+        others = [self._helper.submit(work, lane) for lane in self.lanes[1:]] if self._helper else []
+        first = [work(self.lanes[0])] if self.lanes else []
+        return first + [f.result() for f in others]
 
     def _gather(self) -> None:
         for lane in self.lanes:
@@ -134,9 +169,8 @@ class NativeBatch:
         active = np.ones(self.n_envs, bool) if active is None else active
         task = self.task
         x_before = task.forward_position(self.qpos, self.torso_xpos).copy()
-        for lane in self.lanes:
-            lane.step(actions[lane.rows], active[lane.rows])
-            lane.post_step(active[lane.rows])
+
+        self._each_lane(lambda lane: lane.step(actions[lane.rows], active[lane.rows]))
         self._gather()
         x_after = task.forward_position(self.qpos, self.torso_xpos)
         healthy = task.healthy(np, self.qpos, self.qvel)
@@ -160,66 +194,81 @@ class Rollout:
     final_qvel: np.ndarray | None = None
 
 
-class _LaneRun:
-    """One lane's part of ``run_policies``: ``act`` before its physics, ``post`` after it.
+class _Noise:
+    """Each step's action noise for all B envs, drawn once and in step order by the first lane to need it.
 
-    Arrays of the whole run (``out``) are written through this lane's rows only, so the two lanes
-    never touch the same memory.
+    Drawn this way the generator yields what one loop over all envs would draw: a step is reached only
+    by a lane with active envs, and a lane reaches step t + 1 only after step t.
     """
 
-    def __init__(self, lane: _Lane, params, policy_index, std, obs, out: Rollout):
+    def __init__(self, rng: np.random.Generator | None, shape: tuple[int, int]):
+        self.rng, self.shape, self.drawn, self.lock = rng, shape, {}, threading.Lock()
+
+    def at(self, t: int) -> np.ndarray | None:
+        if self.rng is None:
+            return None
+        with self.lock:
+            if t not in self.drawn:
+                self.drawn[t] = self.rng.standard_normal(self.shape)
+            return self.drawn[t]
+
+
+class _LaneRun:
+    """One lane's part of ``run_policies``: policies, physics and rewards of its envs, step by step.
+
+    Arrays of the whole run (``out``) are written through this lane's rows only, so lanes never touch
+    the same memory.
+    """
+
+    def __init__(self, lane: _BatchLane | _DataLane, params, policy_index, std, obs, out: Rollout):
         self.lane, self.std, self.obs = lane, std, obs
-        # Only the lane's own policies, cast to float64 once (numpy would cast them in every call;
-        # the values and hence the results are the same).
         present, self.policy_index = np.unique(policy_index, return_inverse=True)
-        self.params = {k: np.asarray(v[present], np.float64) for k, v in params.items() if k != "log_std"}
+        self.policies = BatchedPolicies({k: v[present] for k, v in params.items()})
+        # Envs are laid out as a (P, width) grid so one matmul evaluates every policy at once.
         P = len(present)
-        # Envs are laid out as a (P, width) grid so one einsum evaluates every policy at once.
-        policy_index = self.policy_index
         self.slot = np.zeros(len(policy_index), int)
         for p in range(P):
-            members = np.flatnonzero(policy_index == p)
+            members = np.flatnonzero(self.policy_index == p)
             self.slot[members] = np.arange(len(members))
-        width = int(np.bincount(policy_index, minlength=P).max())
+        width = int(np.bincount(self.policy_index, minlength=P).max())
         self.grid = np.zeros((P, width, obs.shape[-1]))
         r = lane.rows
         self.returns, self.lengths, self.terminated = out.returns[r], out.lengths[r], out.terminated[r]
         self.active = np.ones(len(policy_index), bool)
         self.out = out
-        self.action = self.x_before = None
 
-    def act(self, t: int, action_rng) -> None:
-        lane, task, out, r = self.lane, self.lane.task, self.out, self.lane.rows
-        self.grid[self.policy_index, self.slot] = self.obs
-        mean = batched_policy_mean(self.params, self.grid)[self.policy_index, self.slot]
-        action = mean if action_rng is None else mean + self.std * action_rng.standard_normal(mean.shape)
-        self.action = np.clip(action, -ACTION_LIMIT, ACTION_LIMIT)
-        self.x_before = task.forward_position(lane.qpos, lane.torso_xpos).copy()
-        if out.observations is not None:
-            out.observations[r, t] = self.obs
-            out.actions[r, t] = self.action
-            out.qpos[r, t], out.qvel[r, t] = lane.qpos, lane.qvel
-
-    def physics(self) -> None:
-        if self.active.any():
-            self.lane.step(self.action, self.active)
-
-    def post(self, t: int) -> None:
-        lane, task, active = self.lane, self.lane.task, self.active
-        lane.post_step(active)
-        qpos, qvel = lane.qpos, lane.qvel
-        healthy = task.healthy(np, qpos, qvel)
-        x_after = task.forward_position(qpos, lane.torso_xpos)
-        reward = task.reward(np, self.x_before, x_after, self.action, healthy, lane.cfrc_ext)
-        self.obs = task.observe(np, qpos, qvel, lane.cfrc_ext)
-        reward = np.where(active, reward, 0.0)
-        self.returns += reward
-        self.lengths += active
-        if self.out.rewards is not None:
-            self.out.rewards[self.lane.rows, t] = reward
-        term = task.terminated(np, healthy)
-        self.terminated |= active & term
-        active &= ~term
+    def run(self, horizon: int, noise: _Noise) -> None:
+        lane, task, out, r, active = self.lane, self.lane.task, self.out, self.lane.rows, self.active
+        recording = out.observations is not None
+        for t in range(horizon):
+            if not active.any():
+                return
+            self.grid[self.policy_index, self.slot] = self.obs
+            action = self.policies.mean(self.grid)[self.policy_index, self.slot]
+            step_noise = noise.at(t)
+            if step_noise is not None:
+                action += self.std * step_noise[r]
+            np.clip(action, -ACTION_LIMIT, ACTION_LIMIT, out=action)
+            x_before = task.forward_position(lane.qpos, lane.torso_xpos).copy()
+            if recording:
+                rows = np.flatnonzero(active) + r.start
+                out.observations[rows, t] = self.obs[active]
+                out.actions[rows, t] = action[active]
+                out.qpos[rows, t], out.qvel[rows, t] = lane.qpos[active], lane.qvel[active]
+            lane.step(action, active)
+            qpos, qvel = lane.qpos, lane.qvel
+            healthy = task.healthy(np, qpos, qvel)
+            reward = task.reward(np, x_before, task.forward_position(qpos, lane.torso_xpos), action, healthy,
+                                 lane.cfrc_ext)
+            self.obs = task.observe(np, qpos, qvel, lane.cfrc_ext)
+            reward = np.where(active, reward, 0.0)
+            self.returns += reward
+            self.lengths += active
+            if recording:
+                out.rewards[r, t] = reward
+            term = task.terminated(np, healthy)
+            self.terminated |= active & term
+            active &= ~term
 
 
 def run_policies(
@@ -235,8 +284,9 @@ def run_policies(
     """Run env i with policy ``policy_index[i]`` from (qpos0[i], qvel0[i]) for up to ``horizon``.
 
     ``params`` is a batch of P policies. With ``action_rng`` actions are sampled from each policy's
-    Gaussian, otherwise the mean action is taken. Envs stop at termination; their rest is masked.
-    The run stops when no env is active; every step it takes draws noise for all B envs in env order.
+    Gaussian, otherwise the mean action is taken. Envs stop at termination: their records after it
+    stay zero. The run stops when no env is active; every step it takes draws noise for all B envs
+    in env order.
     """
     B, m = batch.n_envs, batch.model
     policy_index = np.asarray(policy_index)
@@ -249,41 +299,10 @@ def run_policies(
         out.rewards = np.zeros((B, horizon), np.float32)
         out.qpos = np.zeros((B, horizon, m.nq))
         out.qvel = np.zeros((B, horizon, m.nv))
-    runs = [_LaneRun(lane, params, policy_index[lane.rows], std[lane.rows], obs[lane.rows], out)
-            for lane in batch.lanes]
-    waiting = []  # lanes whose actions at step t wait until it is known whether step t happens
-
-    def prepare(t: int, k: int) -> bool:
-        """Lane k's Python work before its physics at step t; False when no env is active at step t.
-
-        Step t happens when any env is active after step t - 1. Lanes after k may not know yet, so
-        an idle lane k defers its actions (and its share of the noise) to the first lane that does.
-        """
-        if t > 0:
-            runs[k].post(t - 1)
-        waiting.append(k)
-        if any(runs[j].active.any() for j in range(k + 1)):
-            for j in waiting:
-                runs[j].act(t, action_rng)
-            waiting.clear()
-        return k < len(runs) - 1 or not waiting
-
-    order = [(t, k) for t in range(horizon) for k in range(len(runs))]
-    going = bool(order) and prepare(*order[0])
-    for i, (t, k) in enumerate(order):
-        if not going:
-            break
-        if i + 1 == len(order):
-            runs[k].physics()
-            for run in runs:
-                run.post(horizon - 1)
-        elif batch._helper is not None:  # the next lane's Python work runs while this lane's physics does
-            pending = batch._helper.submit(prepare, *order[i + 1])
-            runs[k].physics()
-            going = pending.result()
-        else:
-            runs[k].physics()
-            going = prepare(*order[i + 1])
+    noise = _Noise(action_rng, (B, m.nu))
+    runs = {id(lane): _LaneRun(lane, params, policy_index[r], std[r], obs[r], out)
+            for lane in batch.lanes for r in [lane.rows]}
+    batch._each_lane(lambda lane: runs[id(lane)].run(horizon, noise))
     batch._gather()
     out.final_qpos, out.final_qvel = batch.qpos.copy(), batch.qvel.copy()
     return out

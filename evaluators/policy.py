@@ -36,16 +36,47 @@ def policy_mean(params, obs, xp=np):
     return x
 
 
-def batched_policy_mean(params, obs, xp=np):
-    """Mean actions of P policies, ``obs`` (P, N, obs_dim) -> (P, N, act_dim)."""
-    x = (obs - params["obs_mean"][:, None, :]) / params["obs_std"][:, None, :]
-    x = xp.clip(x, -OBS_CLIP, OBS_CLIP)
-    last = n_layers(params) - 1
-    for i in range(last + 1):
-        x = xp.einsum("pnd,pdh->pnh", x, params[f"w{i}"]) + params[f"b{i}"][:, None, :]
-        if i < last:
-            x = xp.tanh(x)
-    return x
+class BatchedPolicies:
+    """P policies evaluated together with numpy; an observation's action does not depend on the others.
+
+    OpenBLAS's matmul computes a row of a product the same whatever the other rows, as long as there
+    are at least 2 rows and the column count is a multiple of 4 (narrower outputs use kernels whose
+    rounding depends on the row count). So the output layer is padded with zero columns to a multiple
+    of 4 and a single row is evaluated as two: an env's actions then do not depend on its lane of the
+    native backend or on its batch-mates (``tests/test_native_speed_paths.py`` checks it bit for bit).
+    """
+
+    def __init__(self, params: dict):
+        self.params = {k: np.asarray(v, np.float64) for k, v in params.items() if k != "log_std"}
+        last = n_layers(self.params) - 1
+        w, b = self.params[f"w{last}"], self.params[f"b{last}"]
+        self.act_dim = w.shape[-1]
+        pad = -self.act_dim % 4
+        self.params[f"w{last}"] = np.concatenate([w, np.zeros(w.shape[:-1] + (pad,))], axis=-1)
+        self.params[f"b{last}"] = np.concatenate([b, np.zeros(b.shape[:-1] + (pad,))], axis=-1)
+        self._buffers = None
+
+    def mean(self, obs: np.ndarray) -> np.ndarray:
+        """Mean actions, ``obs`` (P, N, obs_dim) -> (P, N, act_dim), a view valid until the next call."""
+        n = obs.shape[1]
+        if n == 1:
+            obs = np.concatenate([obs, obs], axis=1)
+        p, layers = self.params, n_layers(self.params)
+        if self._buffers is None or self._buffers[0].shape != obs.shape:  # in place: a step's numpy calls cost
+            self._buffers = [np.empty(obs.shape)] + [np.empty(obs.shape[:2] + p[f"b{i}"].shape[-1:])
+                                                      for i in range(layers)]
+        x = self._buffers[0]
+        np.subtract(obs, p["obs_mean"][:, None, :], out=x)
+        np.divide(x, p["obs_std"][:, None, :], out=x)
+        np.clip(x, -OBS_CLIP, OBS_CLIP, out=x)
+        for i in range(layers):
+            y = self._buffers[i + 1]
+            np.matmul(x, p[f"w{i}"], out=y)
+            y += p[f"b{i}"][:, None, :]
+            if i < layers - 1:
+                np.tanh(y, out=y)
+            x = y
+        return x[:, :n, :self.act_dim]
 
 
 def gaussian_log_prob(mean, log_std, action, xp=np):

@@ -1,8 +1,7 @@
 """The native backend's fast paths (batched physics, two lanes, a helper thread) change no result.
 
-``reference_run`` is the plain algorithm the backend had before them: one ``MjData`` per env stepped
-in a Python loop, the policies of all envs evaluated in one call per control step, noise for all
-envs drawn at once. ``run_policies`` must reproduce it bit for bit (datasets are content-hashed):
+``reference_run`` is the plain algorithm: one ``MjData`` per env stepped in a Python loop, the
+policies of all envs evaluated in one call per control step, noise for all envs drawn at once. ``run_policies`` must reproduce it bit for bit (datasets are content-hashed):
 returns, lengths, terminations, every recorded array and the generator's state afterwards.
 """
 
@@ -13,7 +12,7 @@ import numpy as np
 import pytest
 
 from evaluators.native import LANE_MIN_ENVS, NativeBatch, run_policies
-from evaluators.policy import ACTION_LIMIT, batched_policy_mean, init_policy, stack
+from evaluators.policy import ACTION_LIMIT, BatchedPolicies, init_policy, stack
 from evaluators.tasks import TASKS
 
 
@@ -44,12 +43,13 @@ def reference_run(task, params, policy_index, qpos0, qvel0, horizon, action_rng)
     for _ in range(horizon):
         obs = task.observe(np, qpos, qvel, cfrc)
         grid[policy_index, slot] = obs
-        mean = batched_policy_mean(params, grid)[policy_index, slot]
+        mean = BatchedPolicies(params).mean(grid)[policy_index, slot]
         action = np.clip(mean + std * action_rng.standard_normal(mean.shape), -ACTION_LIMIT, ACTION_LIMIT)
-        rec["obs"].append(obs.astype(np.float32))
-        rec["act"].append(action.astype(np.float32))
-        rec["qpos"].append(qpos.copy())
-        rec["qvel"].append(qvel.copy())
+        live = active[:, None]  # an env's records after its termination stay zero
+        rec["obs"].append(np.where(live, obs, 0).astype(np.float32))
+        rec["act"].append(np.where(live, action, 0).astype(np.float32))
+        rec["qpos"].append(np.where(live, qpos, 0))
+        rec["qvel"].append(np.where(live, qvel, 0))
         x_before = task.forward_position(qpos, torso).copy()
         for i in np.flatnonzero(active):
             datas[i].ctrl[:] = action[i]
@@ -173,3 +173,22 @@ def test_partial_reset_and_masked_step_of_a_two_lane_batch():
             o, r, t = alone.step(actions[i:i + 1])
             np.testing.assert_array_equal(obs[i], o[0])
             assert reward[i] == r[0] and term[i] == t[0]
+
+
+@pytest.mark.parametrize("act_dim", [1, 3, 6, 8])
+def test_a_policy_row_does_not_depend_on_its_batch_mates(act_dim):
+    """The same observation gets the same action bits in any grid: any row count, any position."""
+    rng = np.random.default_rng(act_dim)
+    params = policies_of(rng, obs_dim=17, act_dim=act_dim, n=3)
+    obs = rng.standard_normal((3, 40, 17))
+    whole = BatchedPolicies(params).mean(obs).copy()
+    for n in (1, 2, 3, 5, 7, 13, 40):
+        for start in (0, 3, 40 - n):
+            part = BatchedPolicies(params).mean(np.ascontiguousarray(obs[:, start:start + n]))
+            np.testing.assert_array_equal(part, whole[:, start:start + n], err_msg=f"{n} rows from {start}")
+
+
+def policies_of(rng, obs_dim, act_dim, n):
+    params = stack([init_policy(rng, obs_dim, act_dim, out_scale=1.0) for _ in range(n)])
+    params["obs_mean"] = rng.standard_normal((n, obs_dim)).astype(np.float32)
+    return params
