@@ -31,7 +31,7 @@ from itertools import product
 import jax.numpy as jnp
 import numpy as np
 
-from evaluators.datasets import DatasetConfig, parse_variant, statistics
+from evaluators.datasets import FORMAT_VERSION as DATA_FORMAT, DatasetConfig, parse_variant, statistics
 from evaluators.paths import cache_root
 from evaluators.po_trainer import TrainConfig, dataset_arrays, reference_logps
 from evaluators.protocol import FRESH, SHUFFLED, TEST_DATA_SEED, TUNING, VALIDATION_DATA_SEED, Combo, Protocol, \
@@ -131,7 +131,8 @@ def _tuned_path(task: str, variant: str, suite: TaskSuite, names: tuple[str, ...
     key = json.dumps({"task": task, "variant": variant, "dataset": asdict(suite.dataset), "train": asdict(suite.train),
                       "reference": asdict(suite.reference),
                       "grid": [GRID_LR, GRID_STEPS, GRID_CONSTANT], "names": sorted(names),
-                      "protocol": asdict(TUNING), "data_seed": VALIDATION_DATA_SEED, "format": 1},
+                      "protocol": asdict(TUNING), "data_seed": VALIDATION_DATA_SEED, "format": 1,
+                      "data_format": DATA_FORMAT},
                      sort_keys=True, default=list)
     tag = hashlib.sha256(key.encode()).hexdigest()[:16]
     return os.path.join(cache or os.path.join(cache_root(), "tuned"), f"{task}-{variant.replace(':', '_')}-{tag}.json")
