@@ -15,6 +15,8 @@ from typing import TYPE_CHECKING, Mapping, Sequence
 
 import numpy as np
 
+from archive.store import BASELINE_ORIGIN, PI_REF_KEY
+
 if TYPE_CHECKING:
     from archive.qd import QDArchive
     from grammar.objective import Objective
@@ -84,7 +86,7 @@ def plot_fitness_over_time(candidates: Sequence[Mapping], path: str, baseline: f
     `baseline_name`) and `pi_ref` as horizontal lines.  The legend sits outside the axes."""
     rows = [c for c in candidates if c.get("fitness") is not None]
     fitness = np.array([c["fitness"] for c in rows], dtype=float)
-    zoo = np.array([c.get("origin") == "zoo" for c in rows], dtype=bool)
+    zoo = np.array([c.get("origin") == BASELINE_ORIGIN for c in rows], dtype=bool)
     fig, (ax,) = _figure(width=8.5)
     index = np.arange(1, len(fitness) + 1)
     if zoo.any():
@@ -161,3 +163,15 @@ def plot_loss_shape(objective: Objective, path: str, reference: Objective | None
         ax.legend(fontsize=7)
     fig.suptitle(f"{objective.name} vs {reference.name}")
     return _save(fig, path)
+
+
+def run_plots(store, run_id: int, qd, folder: str) -> dict[str, str]:
+    """A run's heat map and fitness-over-time curve, under the file names every command writes them to
+    (``run<id>-map.png``, ``run<id>-fitness.png``); the curve marks the best baseline and pi_ref."""
+    stem = os.path.join(folder, f"run{run_id}")
+    evaluated = store.candidates(run_id, status="evaluated", order_by="id", with_objective=False)
+    best = store.best_baseline(run_id)
+    pi_ref = (store.get_state(run_id, PI_REF_KEY) or {}).get("fitness")
+    return {"map": plot_heatmap(qd, stem + "-map.png"),
+            "fitness": plot_fitness_over_time(evaluated, stem + "-fitness.png", best["fitness"] if best else None,
+                                              best["name"] if best else "", pi_ref)}

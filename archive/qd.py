@@ -33,6 +33,8 @@ from typing import TYPE_CHECKING, Iterable, Mapping, Sequence
 
 import numpy as np
 
+from archive.store import BASELINE_ORIGIN
+
 if TYPE_CHECKING:
     from archive.store import ArchiveStore
 
@@ -290,9 +292,6 @@ class HallOfFame:
     def from_store(cls, store: ArchiveStore, run_id: int | None, *, include_baselines: bool = True) -> HallOfFame:
         """Rebuild a run's hall of fame like `QDArchive.from_store`."""
         return cls.from_rows(_evaluated_rows(store, run_id, include_baselines))
-
-
-BASELINE_ORIGIN = "zoo"  # origin of the published baselines a run evaluates first
 
 
 def _evaluated_rows(store: ArchiveStore, run_id: int | None, include_baselines: bool) -> list[dict]:

@@ -39,13 +39,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Iterator, Mapping, Sequence
 
 from archive.rejections import RejectionGroup, group_rejections
+from grammar.identity import Identity, identify
 
 if TYPE_CHECKING:
     from grammar.objective import Objective
 
 BUSY_TIMEOUT_S = 30.0
-DEDUPE_DIGITS = 4  # significant digits of constants in the dedupe key
 LOCK_KEY = "lock"  # state key of the run lock
+BASELINE_ORIGIN = "zoo"  # origin of the published baselines a run evaluates first (generation 0)
 REPORT_KEY = "final_report"  # state key of a run's final report (discovery.report)
 PI_REF_KEY = "pi_ref"  # state key of pi_ref's fitness on the search protocol (generation 0)
 RACING_KEY = "racing"  # state key: seed units trained for found candidates, and what the cap for all would take
@@ -153,23 +154,6 @@ def _dumps(value) -> str:
 
 def _optional_float(value) -> float | None:
     return None if value is None else float(value)
-
-
-def dedupe_key(objective: Objective) -> str:
-    """Identity of a loss for `ArchiveStore.seen`: the structure hash of the loss with every constant
-    replaced by its value rounded to `DEDUPE_DIGITS` significant digits.
-
-    Substituting the values (rather than appending them to the symbolic hash) keeps the key right when
-    the canonical form renames free constants (c0*x + c1*y with c0=1, c1=2 is not c1*x + c0*y with the
-    same values) and lets constants that make a term vanish (eps = 0) dedupe with the simpler loss.
-    """
-    import sympy
-
-    from grammar.canonical import structure_hash
-    from grammar.language import SYMBOLS
-
-    values = {SYMBOLS[n]: sympy.Rational(f"{v:.{DEDUPE_DIGITS}g}") for n, v in objective.constants.items()}
-    return structure_hash(objective.loss_expr().xreplace(values))
 
 
 class ArchiveStore:
@@ -365,19 +349,20 @@ class ArchiveStore:
                       fitness: float | None = None, ci95: float | None = None,
                       descriptors: Mapping[str, float] | None = None, scores: Sequence[Mapping] = (),
                       exchange_id: int | None = None, seconds: float | None = None,
-                      behaviour: str | None = None, units: int | None = None) -> int:
+                      behaviour: str | None = None, units: int | None = None,
+                      identity: Identity | None = None) -> int:
         """Store one proposal and its search-seed scores; returns its id.  An "evaluated" candidate needs a
-        finite fitness; parents and the exchange must already be in the archive."""
-        from grammar.canonical import complexity, structure_hash
-        from grammar.parser import to_text
+        finite fitness; parents and the exchange must already be in the archive.  `identity`: the
+        objective's (`grammar.identity.identify`), when the caller has it already."""
 
         if status not in CANDIDATE_STATUSES:
             raise ArchiveError(f"unknown candidate status {status!r}; use one of {', '.join(CANDIDATE_STATUSES)}")
         if status == "evaluated" and (fitness is None or not math.isfinite(fitness)):
             raise ArchiveError(f"an evaluated candidate needs a finite fitness, got {fitness!r}")
         parents = [int(p) for p in parents]
-        record = (_dumps(objective.to_dict()), to_text(objective.loss_expr()), structure_hash(objective),
-                  dedupe_key(objective), float(complexity(objective)))
+        identity = identity or identify(objective)
+        record = (_dumps(objective.to_dict()), identity.formula, identity.structure_hash, identity.dedupe_key,
+                  identity.complexity)
         with self.transaction():
             self._touch_run(run_id)
             for p in parents:
@@ -479,10 +464,24 @@ class ArchiveStore:
                  "stop_reason": r["stop_reason"], "fresh": bool(r["fresh"])}
                 for r in self._rows(sql + " ORDER BY id", params)]
 
-    def seen(self, run_id: int, objective: Objective) -> int | None:
-        """Id of the earliest candidate of the run with the same `dedupe_key`, any status."""
+    def best_baseline(self, run_id: int) -> dict | None:
+        """The fittest evaluated baseline of the run (origin `BASELINE_ORIGIN`), or None."""
+        rows = self.candidates(run_id, status="evaluated", origin_prefix=BASELINE_ORIGIN, order_by="fitness",
+                               descending=True)
+        return next((c for c in rows if c["origin"] == BASELINE_ORIGIN), None)
+
+    def best_found(self, run_id: int) -> dict | None:
+        """The fittest evaluated candidate of the run that is not a baseline, or None."""
+        for c in self.candidates(run_id, status="evaluated", order_by="fitness", descending=True):
+            if c["origin"] != BASELINE_ORIGIN:
+                return c
+        return None
+
+    def seen(self, run_id: int, objective: Objective | Identity) -> int | None:
+        """Id of the earliest candidate of the run with the same dedupe key, any status."""
+        identity = objective if isinstance(objective, Identity) else identify(objective)
         rows = self._rows("SELECT min(id) FROM candidates WHERE run_id = ? AND dedupe_key = ?",
-                          (run_id, dedupe_key(objective)))
+                          (run_id, identity.dedupe_key))
         return rows[0][0]
 
     def seen_behaviour(self, run_id: int, behaviour: str) -> int | None:

@@ -7,7 +7,7 @@ Prints one JSON object:
 - ``population_1`` and ``population_<batch>``: a steady-state evaluation of 1 and of the default batch
   of candidates as a search generation does it, in seconds and shares per part (and the evaluations
   per hour that rate would give):
-  screening (duplicate key, archive look-up, validity check), descriptors, pi_ref log-likelihoods,
+  screening and descriptors (the search's `discovery.screening.Screen`), pi_ref log-likelihoods,
   training, held-out ranking, rollouts, dataset load, the rest of the fitness code, and the commit
   (one archive transaction);
 - ``search``: a default ``discover run`` (``SearchConfig()``) in a temporary archive: candidates trained
@@ -114,35 +114,31 @@ def table(seconds: dict[str, float], candidates: int) -> dict:
 
 
 def generation(parts: Parts, evaluator, store, run_id: int, objectives: list, names: list[str], g: int) -> dict:
-    """One search generation's work on ``objectives``: screen, describe, evaluate, commit."""
-    from archive.descriptors import describe
-    from archive.store import dedupe_key
-    from grammar.validity import check
+    """One search generation's work on ``objectives``: screening (with descriptors), evaluation, commit."""
+    from discovery.proposers import Proposed
+    from discovery.screening import Screen
 
-    screened = []
-    for o in objectives:
-        with parts.part("screening"):
-            dedupe_key(o)
-            store.seen(run_id, o)
-            verdict = check(o)
-        with parts.part("descriptors"):
-            descriptors = describe(o, names) if verdict.ok else None
-        screened.append((o, verdict, descriptors))
+    screen = Screen(store, run_id, names, allow_non_monotone=True)  # zoo losses as proposals
+    proposals = [Proposed(o, "profile") for o in objectives]
+    with parts.part("screening and descriptors"):
+        screened = screen(proposals, published=True)
     with parts.part("fitness, rest"):
-        results = evaluator.evaluate([o for o, _, _ in screened])
+        results = evaluator.evaluate([s.proposal.objective for s in screened])
     with parts.part("commit"), store.transaction():
-        for (o, verdict, descriptors), ev in zip(screened, results):
-            ok = verdict.ok and ev.fitness is not None
-            store.add_candidate(run_id, objective=o, origin="profile", generation=g,
-                                status="evaluated" if ok else "failed", reason=ev.failure or verdict.reason,
-                                fitness=ev.fitness, ci95=ev.ci95, descriptors=descriptors, scores=ev.scores)
+        for s, ev in zip(screened, results):
+            ok = not s.reason and ev.fitness is not None
+            store.add_candidate(run_id, objective=s.proposal.objective, origin="profile", generation=g,
+                                status="evaluated" if ok else "failed", reason=ev.failure or s.reason,
+                                fitness=ev.fitness, ci95=ev.ci95, descriptors=s.descriptors, scores=ev.scores,
+                                behaviour=s.behaviour, identity=s.proposal.identity)
     return table(parts.take(), len(objectives))
 
 
 def default_search(cache: str | None, max_evaluations: int | None, max_seconds: float | None) -> dict:
     """A default ``discover run`` (its search phase) in a temporary archive."""
     from archive.store import ArchiveStore
-    from discovery.search import ZOO_ORIGIN, Search, SearchConfig
+    from archive.store import BASELINE_ORIGIN
+    from discovery.search import Search, SearchConfig
 
     cfg = SearchConfig()
     cfg = dataclasses.replace(cfg, max_evaluations=max_evaluations or cfg.max_evaluations,
@@ -155,7 +151,7 @@ def default_search(cache: str | None, max_evaluations: int | None, max_seconds: 
 
         def on_generation(g):
             nonlocal clock
-            kind = "zoo" if g.proposer == ZOO_ORIGIN else "search"
+            kind = "zoo" if g.proposer == BASELINE_ORIGIN else "search"
             seconds[kind] += time.perf_counter() - clock
             trained[kind] += g.evaluated
             clock = time.perf_counter()

@@ -17,7 +17,7 @@ from rich.markup import escape
 from rich.table import Table
 from rich.tree import Tree
 
-from archive.store import PI_REF_KEY, REPORT_KEY
+from archive.store import REPORT_KEY
 from discovery.text import printable
 from discovery.ui import console, user_errors
 
@@ -75,7 +75,7 @@ def _scored(c: dict) -> str:
 
 
 def _origin(c: dict) -> str:
-    from archive.qd import BASELINE_ORIGIN
+    from archive.store import BASELINE_ORIGIN
 
     return f"{c['origin']}:{c['name']}" if c["origin"] == BASELINE_ORIGIN else c["origin"]
 
@@ -94,7 +94,7 @@ def _cut(text: str, n: int) -> str:
 
 
 def _baselines(store, run_id: int) -> list[dict]:
-    from archive.qd import BASELINE_ORIGIN
+    from archive.store import BASELINE_ORIGIN
 
     return [c for c in store.candidates(run_id, status="evaluated", origin_prefix=BASELINE_ORIGIN,
                                         order_by="fitness", descending=True, with_objective=False)
@@ -102,13 +102,12 @@ def _baselines(store, run_id: int) -> list[dict]:
 
 
 def _summary(store, run: dict, specs) -> str:
-    from archive.qd import BASELINE_ORIGIN, QDArchive
+    from archive.qd import QDArchive
+    from archive.store import BASELINE_ORIGIN
 
     qd = QDArchive.from_store(store, run["id"], specs)
     counts = store.status_counts(run["id"])
-    found = [c for c in store.candidates(run["id"], status="evaluated", order_by="fitness", descending=True,
-                                         with_objective=False)
-             if c["origin"] != BASELINE_ORIGIN][:1]
+    found = [c for c in [store.best_found(run["id"])] if c]
     baselines = _baselines(store, run["id"])
     space = "any loss (--allow-non-monotone)" if run["config"].get("allow_non_monotone") else \
         "monotone preference losses"
@@ -319,8 +318,8 @@ def _print_exchange(x: dict) -> None:
 @user_errors
 def map_(archive: str = ArchiveOpt, run: int = RunOpt, plots: str = PlotsOpt, descriptors: str = DescriptorsOpt):
     """The quality-diversity grid as a table, plus heat-map and fitness-over-time PNGs."""
-    from archive.plots import plot_fitness_over_time, plot_heatmap
-    from archive.qd import BASELINE_ORIGIN, HallOfFame, QDArchive
+    from archive.plots import run_plots
+    from archive.qd import HallOfFame, QDArchive
 
     with _open(archive) as store:
         r = _run(store, run)
@@ -355,15 +354,8 @@ def map_(archive: str = ArchiveOpt, run: int = RunOpt, plots: str = PlotsOpt, de
             for e in front:
                 ft.add_row(f"{e.complexity:.0f}", f"{e.fitness:.1f}", str(e.candidate_id))
             console.print(ft)
-        evaluated = store.candidates(r["id"], status="evaluated", order_by="id", with_objective=False)
-        search = [c for c in evaluated if c["origin"] != BASELINE_ORIGIN]
-        baseline = max((c["fitness"] for c in evaluated if c["origin"] == BASELINE_ORIGIN), default=None)
-        heat = plot_heatmap(qd, os.path.join(plots, f"run-{r['id']}-map.png"))
-        best = max((c for c in evaluated if c["origin"] == BASELINE_ORIGIN), key=lambda c: c["fitness"], default=None)
-        over_time = plot_fitness_over_time(evaluated, os.path.join(plots, f"run-{r['id']}-fitness.png"), baseline,
-                                           best["name"] if best else "",
-                                           (store.get_state(r["id"], PI_REF_KEY) or {}).get("fitness"))
-        console.print(f"heat map: {heat}\nfitness over time: {over_time}", highlight=False)
+        paths = run_plots(store, r["id"], qd, plots)
+        console.print(f"heat map: {paths['map']}\nfitness over time: {paths['fitness']}", highlight=False)
 
 
 # ------------------------------------------------------------------------------------------- lineage

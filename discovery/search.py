@@ -1,21 +1,19 @@
 """The search loop: proposers -> validity -> population training -> SQLite archive, one generation at a time.
 
-A run is a sequence of generations. Generation 0 evaluates the baseline zoo (the seeds of GP and the
-yardstick of every report). Each later generation is produced by ONE proposer, drawn by the scheduler
-from the configured weights with a generator seeded by (run seed, generation):
+A run is a sequence of generations, each read as: pick -> ask -> screen -> evaluate -> tell -> commit.
+Generation 0 asks the zoo proposer for the baselines (the seeds of GP and the yardstick of every
+report). Each later generation is made by ONE proposer (`discovery.proposers`: ``gp``, ``es``, ``llm``
+or any registered one), picked by the scheduler (`discovery.scheduler`) from the weights among the
+available proposers, with a generator seeded by (run seed, generation); when it returns nothing (a
+failed LLM call) the scheduler's fallback fills the generation.
 
-* ``gp``  children of quality-diversity elites (tournament among them) by `discovery.gp.vary`;
-* ``es``  one evolution-strategy step over the constants of a promising structure (`discovery.es`), the
-          whole ES population trained in one population call;
-* ``llm`` objectives proposed by a language model from the archive's elites (`discovery.llm`); when the
-          endpoint fails or every proposal is rejected, the generation is filled by GP instead.
+Every proposal goes through one screening pipeline (`discovery.screening`: new form, valid preference
+loss, descriptors, new behaviour). Fitness is raced (`discovery.racing`): the yardsticks at the cap,
+every proposal at the first rung, the promising ones on more seeds. The proposer is then told the
+results, and its new state (JSON, ``proposer:<name>``) is committed with the generation.
+`final_report` ends a run (`discovery.report`).
 
-Every proposed loss is screened as a preference loss (monotone unless `allow_non_monotone`, able to use
-the labels, not a behavioural duplicate: `Search._screen`); the baselines are checked as published.
-Fitness is raced (`discovery.racing`): the zoo at the cap, every proposal at the first rung, the
-promising ones on more seeds.  `final_report` ends a run (`discovery.report`).
-
-Everything a generation produces (candidates, rejections, ES state, counters) is written in ONE
+Everything a generation produces (candidates, rejections, proposer state, counters) is written in ONE
 transaction, so a killed process loses at most the generation in flight, and `resume` recomputes it
 exactly: every random choice derives from (seed, generation) and the committed archive. The same seed
 on the same backend therefore gives the same archive (under an evaluation budget; a time budget stops
@@ -39,30 +37,24 @@ from typing import Any, Callable, Iterator, Mapping
 
 import numpy as np
 
-from archive.descriptors import DescriptorError, describe, parse_descriptor_specs
+from archive.descriptors import parse_descriptor_specs
 from archive.qd import HallOfFame, QDArchive
-from archive.rejections import group_rejections
-from archive.store import PI_REF_KEY, RACING_KEY, REPORT_KEY, ArchiveStore, dedupe_key
-from discovery.es import STRATEGIES, ConstantSearch, ESConfig
-from discovery.gp import GPConfig, tournament, vary
-from discovery.llm import LLMConfig, LLMProposer, llm_available
-from discovery.llm_prompt import PromptContext
+from archive.store import BASELINE_ORIGIN, PI_REF_KEY, RACING_KEY, REPORT_KEY, ArchiveStore
+from discovery.es import STRATEGIES, ESConfig
+from discovery.gp import GPConfig
+from discovery.llm import LLMConfig
+from discovery.proposers import REGISTRY, ArchiveView, Proposed, Proposer, ZooProposer
 from discovery.racing import ETA, MIN_CI_UNITS, halve, rung_of, rung_seeds, rungs, separated
+from discovery.scheduler import FALLBACK, Scheduler
+from discovery.screening import Screen, Screened
 from discovery.report import baseline_settings, build_report
 from evaluators.datasets import parse_variant
 from evaluators.fitness import Evaluation, FitnessConfig, FitnessEvaluator, unit_scores
 from evaluators.protocol import TEST_DATA_SEED, Setting, score_with_controls
 from evaluators.suite import REPORTED_LOSSES, task_suite
-from grammar.canonical import complexity
 from grammar.objective import Objective
-from grammar.validity import check
 from grammar.zoo import ZOO
 
-PROPOSERS = ("gp", "es", "llm")
-ZOO_ORIGIN = "zoo"
-MAX_GP_ATTEMPTS = 6  # x batch: proposals tried per GP generation before giving up on a full batch
-FEEDBACK_WINDOW = 50  # latest rejections per proposer that the LLM's feedback is grouped from
-FEEDBACK_KINDS = 3  # kinds of rejection fed back per proposer
 CHANGES_KEY = "config_changes"  # state: the settings changed on resume
 REPORT_BASELINES = ("tuned", "default")
 
@@ -72,7 +64,8 @@ OPTIONS: Mapping[str, str] = {
     "fitness.tasks": "--task", "fitness.datasets": "--dataset", "fitness.seeds": "--seeds",
     "fitness.episodes": "--episodes", "fitness.train.steps": "--steps", "fitness.dataset.n_pairs": "--pairs",
     "fitness.dataset.segment_length": "--segment-length", "fitness.reference.steps": "--reference-steps",
-    "fitness.batch": "--batch", "fitness.backend": "--backend", "max_evaluations": "--budget-evals",
+    "fitness.batch": "--batch", "fitness.backend": "--backend", "fitness.executor": "--executor",
+    "fitness.ray_address": "--ray-address", "max_evaluations": "--budget-evals",
     "max_seconds": "--budget-minutes", "weights.gp": "--gp", "weights.es": "--es", "weights.llm": "--llm",
     "llm.provider": "--llm-provider", "llm.model": "--llm-model", "llm.base_url": "--llm-base-url",
     "llm.max_calls": "--llm-max-calls", "llm.timeout_s": "--llm-timeout", "es.strategy": "--es-strategy",
@@ -80,10 +73,11 @@ OPTIONS: Mapping[str, str] = {
     "seed": "--seed", "max_seeds": "--max-seeds", "allow_non_monotone": "--allow-non-monotone",
     "holdouts": "--holdout", "report_baselines": "--report-baselines",
 }
-RESUMABLE = ("max_evaluations", "max_seconds", "llm.max_calls", "llm.timeout_s")  # may change on resume
+RESUMABLE = ("max_evaluations", "max_seconds", "llm.max_calls", "llm.timeout_s", "fitness.executor",
+             "fitness.ray_address")  # may change on resume (the executor changes no result)
 _FITNESS_OPTIONS = {"tasks": "--task", "datasets": "--dataset", "dataset": "--pairs/--segment-length",
                     "reference": "--reference-steps", "backend": "--backend", "seeds": "--seeds",
-                    "episodes": "--episodes", "batch": "--batch"}  # FitnessConfig field -> option
+                    "episodes": "--episodes", "batch": "--batch", "executor": "--executor"}  # field -> option
 
 
 @contextmanager
@@ -143,9 +137,9 @@ class SearchConfig:
             raise ValueError(f"--report-baselines: use {' or '.join(REPORT_BASELINES)}, got {self.report_baselines!r}")
         with _option("--descriptors"):
             parse_descriptor_specs(self.descriptors)
-        unknown = [n for n in self.weights if n not in PROPOSERS]
+        unknown = [n for n in self.weights if n not in REGISTRY]
         if unknown:
-            raise ValueError(f"unknown proposer(s) {', '.join(unknown)}; choose from {', '.join(PROPOSERS)}")
+            raise ValueError(f"unknown proposer(s) {', '.join(unknown)}; choose from {', '.join(REGISTRY)}")
         for name, weight in self.weights.items():
             if not weight >= 0:
                 raise ValueError(f"--{name}: a proposer weight must be >= 0, got {weight}")
@@ -191,6 +185,10 @@ class SearchConfig:
                 node = node[key]
             node[last] = value
         return SearchConfig.from_dict(data)
+
+
+def _state_key(proposer: str) -> str:
+    return f"proposer:{proposer}"
 
 
 def parse_holdout(spec: str) -> tuple[str, str]:
@@ -245,14 +243,6 @@ def code_version() -> str:
 
 
 @dataclass
-class Proposed:
-    objective: Objective
-    origin: str
-    parents: list[int]
-    from_llm: bool = False  # linked to the generation's LLM exchange
-
-
-@dataclass
 class Generation:
     """What one generation did, for the live view."""
 
@@ -297,17 +287,15 @@ class Search:
         self.specs = parse_descriptor_specs(cfg.descriptors)
         self.qd = QDArchive.from_store(store, run_id, self.specs)
         self.hall = HallOfFame.from_store(store, run_id)
-        self.llm_note = ""
-        self.llm = None
-        if cfg.weights.get("llm", 0) > 0:
-            given = llm_client is not None or llm_http_client is not None or llm_replay is not None
-            ok, why = (True, "") if given else llm_available(cfg.llm)
-            if ok:  # the validity check runs in screening, where a failure becomes a rejected candidate
-                self.llm = LLMProposer(dataclasses.replace(cfg.llm, check_validity=False), client=llm_client,
-                                       http_client=llm_http_client, replay=llm_replay)
-                self.llm.restore_budget(store.exchanges(run_id))  # calls and tokens spent before a resume
-            else:
-                self.llm_note = f"LLM proposer off: {why}"
+        resources = dict(llm_client=llm_client, llm_http_client=llm_http_client, llm_replay=llm_replay,
+                         exchanges=store.exchanges(run_id))
+        names = [n for n, w in cfg.weights.items() if w > 0] + [FALLBACK]
+        self.proposers: dict[str, Proposer] = {n: REGISTRY[n](cfg, **resources) for n in dict.fromkeys(names)}
+        self.proposers[BASELINE_ORIGIN] = ZooProposer(cfg)
+        stored = {n: store.get_state(run_id, _state_key(n)) for n in self.proposers}
+        self.states = {n: p.initial_state() if stored[n] is None else stored[n] for n, p in self.proposers.items()}
+        self.scheduler = Scheduler(cfg.weights, self.proposers)
+        self.screen = Screen(store, run_id, [spec.name for spec in self.specs], cfg.allow_non_monotone)
         self._session_start = time.monotonic()
 
     # ------------------------------------------------------------------ lifecycle
@@ -349,9 +337,9 @@ class Search:
         return cls(store, run["id"], cfg, **kw)
 
     def close(self) -> None:
-        """Release the run lock (and the LLM client); the store stays open."""
-        if self.llm is not None:
-            self.llm.close()
+        """Release the run lock (and what the proposers hold); the store stays open."""
+        for proposer in self.proposers.values():
+            proposer.close()
         self.store.unlock_run(self.run_id)
 
     def __enter__(self) -> Search:
@@ -397,25 +385,23 @@ class Search:
         # a time budget never stops a run before its first search generation (generation 1)
         return cfg.max_seconds is None or self.generation <= 1 or self.elapsed() < cfg.max_seconds
 
+    @property
+    def llm_note(self) -> str:
+        """Why the LLM proposer is off, when it was asked for ('' otherwise)."""
+        llm = self.proposers.get("llm")
+        return getattr(llm, "off", "") if llm is not None else ""
+
     def best_baseline(self) -> tuple[str, float] | None:
-        """(name, fitness) of the fittest zoo objective of generation 0."""
-        if not hasattr(self, "_best_baseline"):
-            zoo = self.store.candidates(self.run_id, status="evaluated", origin_prefix=ZOO_ORIGIN,
-                                        order_by="fitness", descending=True, limit=1)
-            if not zoo:
-                return None
-            self._best_baseline = zoo[0]["objective"].name, zoo[0]["fitness"]
-        return self._best_baseline
+        """(name, fitness) of the fittest baseline of generation 0."""
+        c = self.store.best_baseline(self.run_id)
+        return (c["objective"].name, c["fitness"]) if c else None
 
     def pi_ref_fitness(self) -> float | None:
         return (self.store.get_state(self.run_id, PI_REF_KEY) or {}).get("fitness")
 
     def best(self) -> dict | None:
-        """The fittest discovered (non-zoo) candidate."""
-        for c in self.store.candidates(self.run_id, status="evaluated", order_by="fitness", descending=True):
-            if c["origin"] != ZOO_ORIGIN:
-                return c
-        return None
+        """The fittest discovered (non-baseline) candidate."""
+        return self.store.best_found(self.run_id)
 
     # ------------------------------------------------------------------ one generation
     def run(self, on_generation: Callable[[Generation], None] | None = None) -> list[Generation]:
@@ -436,31 +422,41 @@ class Search:
             raise
         return done
 
+    def view(self) -> ArchiveView:
+        """What proposers may read of the run, as it stands before the next generation."""
+        return ArchiveView(self.store, self.run_id, self.cfg, self.qd, self.hall, self.generation, self.room(),
+                           self.evaluations_left())
+
     def step(self) -> Generation:
-        """Propose, screen and train one generation, then write all of it in ONE transaction.
+        """Pick a proposer, ask it, screen and train its proposals, tell it the results, then write all of
+        the generation (its state included) in ONE transaction.
 
         Training happens outside the transaction, so the archive is never locked for long and readers
         (`discover archive list`) always see whole generations.
         """
         g = self.generation
         rng = np.random.default_rng([self.cfg.seed, g])
-        proposer = ZOO_ORIGIN if g == 0 else self._choose_proposer(rng)
-        self.on_event(f"generation {g}: {proposer}")
-        pending = _Pending(Generation(g, proposer, 0, 0, []))
-        if proposer == "es":
-            self._es_generation(g, rng, pending)
-        else:
-            if proposer == ZOO_ORIGIN:
-                proposals = [Proposed(ZOO[n].objective, ZOO_ORIGIN, []) for n in self.cfg.baselines or tuple(ZOO)]
-            elif proposer == "llm":
-                proposals = self._llm_proposals(g, pending)
-                if not proposals:
-                    pending.report.proposer = "gp"
-                    pending.report.note += "; GP filled the generation"
-            if pending.report.proposer == "gp":
-                proposals = self._gp_proposals(g, rng)
-            self._screen_and_train(proposals, pending)
+        view = self.view()
+        chain = [BASELINE_ORIGIN] if g == 0 else self.scheduler.chain(self.scheduler.pick(self.states, view, rng))
+        self.on_event(f"generation {g}: {chain[0]}")
+        notes, exchange = [], None
+        for i, name in enumerate(chain):
+            proposer = self.proposers[name]
+            asked = proposer.ask(self.states[name], view, rng)
+            exchange = exchange or asked.exchange
+            notes += [asked.note] if asked.note else []
+            if asked.proposals or i == len(chain) - 1:
+                break
+            notes.append(f"{chain[i + 1]} filled the generation")
+        pending = _Pending(Generation(g, name, 0, 0, [], "; ".join(notes)), exchange=exchange)
+        screened = self.screen(asked.proposals, published=proposer.published)
+        results = self._evaluate(proposer, screened, pending)
+        for s, ev in zip(screened, results):
+            pending.add(s.proposal, s.reason, ev, s.descriptors, s.behaviour)
+        state = proposer.tell(asked.state, results)
+        pending.state[_state_key(name)] = state
         self._commit(g, pending)
+        self.states[name] = state
         return pending.report
 
     def _commit(self, g: int, pending: _Pending) -> None:
@@ -473,9 +469,9 @@ class Search:
             for p, fields in pending.rows:
                 cid = self.store.add_candidate(self.run_id, objective=p.objective, origin=p.origin, generation=g,
                                                parents=p.parents, exchange_id=exchange_id if p.from_llm else None,
-                                               **fields)
+                                               identity=p.identity, **fields)
                 added.append((cid, p, fields))
-                trained += fields["status"] != "rejected" and p.origin != ZOO_ORIGIN
+                trained += fields["status"] != "rejected" and p.origin != BASELINE_ORIGIN
             pending.state["evaluations"] = {"count": self.evaluations() + trained}
             pending.state["elapsed"] = {"seconds": self.elapsed()}
             for key, value in pending.state.items():
@@ -490,144 +486,24 @@ class Search:
             if fields["fitness"] is not None:
                 if str(self.qd.add(cid, fields["fitness"], fields["descriptors"])) in ("new", "improved"):
                     report.improved.append(cid)
-                self.hall.add(cid, fields["fitness"], complexity(p.objective))
+                self.hall.add(cid, fields["fitness"], p.identity.complexity)
 
-    def _choose_proposer(self, rng: np.random.Generator) -> str:
-        weights = {k: w for k, w in self.cfg.weights.items() if w > 0}
-        if "llm" in weights and (self.llm is None or self.llm.exhausted):
-            del weights["llm"]
-        left = self.evaluations_left()
-        if "es" in weights and (left is not None and left < self.cfg.es.population  # ES trains a whole population
-                                or self._es_root() is None and self._es_campaign() is None):
-            del weights["es"]
-        if not weights:
-            return "gp"
-        names = sorted(weights)
-        p = np.array([weights[n] for n in names], float)
-        return names[int(rng.choice(len(names), p=p / p.sum()))]
-
-    # ------------------------------------------------------------------ proposers
-    def _parents(self) -> list[dict]:
-        ids = {e.candidate_id for e in self.qd.elites()} | {e.candidate_id for e in self.hall.front()}
-        return [self.store.candidate(i) for i in sorted(ids)]
-
-    def _gp_proposals(self, g: int, rng: np.random.Generator) -> list[Proposed]:
-        pool = self._parents()
-        if not pool:
-            return []
-        fitness = np.array([c["fitness"] for c in pool])
-        out, keys, room = [], set(), self.room()
-        for _ in range(MAX_GP_ATTEMPTS * self.cfg.fitness.batch):
-            if len(out) >= room:
-                break
-            chosen = [pool[i] for i in tournament(fitness, self.cfg.tournament, 2, rng)]
-            try:
-                child, op, used = vary([c["objective"] for c in chosen], rng, self.cfg.gp, f"g{g}_{len(out)}")
-            except ValueError:  # GrammarError: no operator produced a child in the language
-                continue
-            key = dedupe_key(child)
-            if key in keys:
-                continue
-            keys.add(key)
-            out.append(Proposed(child, f"gp:{op}", [chosen[i]["id"] for i in used]))
-        return out
-
-    def _llm_proposals(self, g: int, pending: _Pending) -> list[Proposed]:
-        proposal = self.llm.propose(self._prompt_context())
-        ex = pending.exchange = proposal.exchange
-        if ex.answer is None:
-            pending.report.note = f"LLM call failed: {ex.error}"
-            return []
-        out = [Proposed(c.objective.replace(name=f"g{g}_{i}"), f"llm:{ex.model}", [], from_llm=True)
-               for i, c in enumerate(proposal.candidates[:self.room()])]
-        pending.report.note = f"LLM: {len(out)} proposed, {len(proposal.rejections)} refused in the answer"
-        return out
-
-    def _prompt_context(self) -> PromptContext:
-        evaluated = self.store.candidates(self.run_id, status="evaluated", order_by="fitness", descending=True)
-
-        def entry(c):
-            return {"name": c["objective"].name, "formula": c["objective"], "fitness": c["fitness"],
-                    "ci": c["ci95"], "descriptors": c["descriptors"]}
-
-        elites = [entry(c) for c in evaluated[:5]]
-        top = {c["id"] for c in evaluated[:5]}
-        cells = [self.store.candidate(e.candidate_id) for e in self.qd.elites() if e.candidate_id not in top]
-        rng = np.random.default_rng([self.cfg.seed, self.generation, 1])
-        inspirations = [entry(cells[i]) for i in rng.permutation(len(cells))[:5]]
-        fc = self.cfg.fitness
-        return PromptContext(task=",".join(fc.tasks), dataset=",".join(fc.datasets), elites=elites,
-                             inspirations=inspirations, rejections=self._feedback(),
-                             best_baseline=self.best_baseline(), n_wanted=self.cfg.llm.n_wanted,
-                             max_complexity=self.cfg.gp.max_complexity)
-
-    def _feedback(self) -> list[str]:
-        """A few kinds of recent rejection per proposer, each with its count and latest example."""
-        rows = self.store.rejections(self.run_id)
-        lines = []
-        for source in PROPOSERS:
-            recent = [r for r in rows if r[0] == source][-FEEDBACK_WINDOW:]
-            groups = [grp for grp in group_rejections(recent) if source == "llm" or grp.kind != "duplicate"]
-            lines += [f"[{source}] {grp.kind}: {grp.count} of the last {len(recent)}; e.g. {grp.snippet} -> "
-                      f"{grp.example}" for grp in groups[:FEEDBACK_KINDS]]
-        return lines
-
-    # ------------------------------------------------------------------ screening and training
-    def _verdict(self, p: Proposed):
-        """Baselines are checked as published; every proposed loss, whatever its parents, must be monotone
-        in the preferences (unless the run allows otherwise) and able to use the labels."""
-        if p.origin == ZOO_ORIGIN:
-            return check(p.objective)
-        return check(p.objective, monotone=not self.cfg.allow_non_monotone, labels=True)
-
-    def _validate(self, p: Proposed) -> tuple[str, dict | None, str | None]:
-        """('', descriptors, behaviour) when valid, else (reason, None, None)."""
-        verdict = self._verdict(p)
-        if not verdict.ok:
-            return verdict.reason, None, None
-        try:
-            return "", describe(p.objective, [s.name for s in self.specs]), verdict.behaviour
-        except DescriptorError as e:
-            return f"descriptor: {e}", None, None
-
-    def _screen(self, p: Proposed, seen_now: dict) -> tuple[str, dict | None, str | None]:
-        """('', descriptors, behaviour) when the objective may be trained, else (reason, None, None).
-        Duplicates by form first (cheap), then by behaviour (the gradient fingerprint)."""
-        earlier = self.store.seen(self.run_id, p.objective)
-        if earlier is not None:
-            return f"duplicate of #{earlier}", None, None
-        key = dedupe_key(p.objective)
-        if key in seen_now:
-            return f"duplicate of {seen_now[key]} in the same generation", None, None
-        seen_now[key] = p.objective.name
-        reason, descriptors, behaviour = self._validate(p)
-        if reason:
-            return reason, None, None
-        earlier = self.store.seen_behaviour(self.run_id, behaviour)
-        if earlier is not None:
-            return f"duplicate of #{earlier} (same gradients on the probe data)", None, None
-        if behaviour in seen_now:
-            return f"duplicate of {seen_now[behaviour]} in the same generation (same gradients)", None, None
-        seen_now[behaviour] = p.objective.name
-        return "", descriptors, behaviour
-
-    def _screen_and_train(self, proposals: list[Proposed], pending: _Pending) -> None:
-        screened, seen_now = [], {}
-        for p in proposals:
-            screened.append((p, *self._screen(p, seen_now)))
-        trainable = [p.objective for p, reason, _, _ in screened if not reason]
-        if pending.report.proposer == ZOO_ORIGIN:  # the yardsticks: every baseline at the cap
-            # one population of the yardsticks' own size (no padding up to the batch)
+    # ------------------------------------------------------------------ evaluation
+    def _evaluate(self, proposer: Proposer, screened: list[Screened], pending: _Pending) -> list:
+        """One Evaluation per screened proposal (None for a rejected one): the yardsticks on every seed,
+        in one population of their own size (no padding up to the batch); proposals raced."""
+        trainable = [s.proposal.objective for s in screened if not s.reason]
+        if not trainable:
+            results = []
+        elif not proposer.raced:
             results = self.evaluator.evaluate(trainable, train_seeds=tuple(range(self.cfg.max_seeds)),
-                                              batch=min(len(trainable), self.cfg.fitness.batch)) if trainable else []
+                                              batch=min(len(trainable), self.cfg.fitness.batch))
             results = [self._tag_rungs(ev) for ev in results]
-            if trainable:
-                pending.state[PI_REF_KEY] = {"fitness": self.evaluator.pi_ref}
+            pending.state[PI_REF_KEY] = {"fitness": self.evaluator.pi_ref}
         else:
             results = self._race(trainable, pending)
         results = iter(results)
-        for p, reason, descriptors, behaviour in screened:
-            pending.add(p, reason, None if reason else next(results), descriptors, behaviour)
+        return [None if s.reason else next(results) for s in screened]
 
     # ------------------------------------------------------------------ racing
     def _tag_rungs(self, ev: Evaluation) -> Evaluation:
@@ -671,53 +547,11 @@ class Search:
         pending.state[RACING_KEY] = racing
         return results
 
-    # ------------------------------------------------------------------ evolution strategies
-    def _es_campaign(self) -> dict | None:
-        campaign = self.store.get_state(self.run_id, "es_campaign")
-        return campaign if campaign and campaign["step"] < self.cfg.es.generations else None
-
-    def _es_root(self) -> dict | None:
-        """Best evaluated candidate with free constants whose structure ES has not tuned yet."""
-        tuned = set(self.store.get_state(self.run_id, "es_tuned", []))
-        for c in self.store.candidates(self.run_id, status="evaluated", order_by="fitness", descending=True,
-                                       limit=50):
-            if c["objective"].constants and c["structure_hash"] not in tuned:
-                return c
-        return None
-
-    def _es_generation(self, g: int, rng: np.random.Generator, pending: _Pending) -> None:
-        campaign = self._es_campaign()
-        if campaign is None:
-            root = self._es_root()
-            campaign = {"root": root["id"], "step": 0}
-            pending.state["es_tuned"] = self.store.get_state(self.run_id, "es_tuned", []) + [root["structure_hash"]]
-        root = self.store.candidate(campaign["root"])
-        es = ConstantSearch(root["objective"].replace(name=f"es{root['id']}"), self.cfg.es,
-                            seed=int(rng.integers(2**31)))
-        if campaign["step"] > 0:
-            es.load_state_bytes(self.store.get_state(self.run_id, "es_state"))
-        population = [Proposed(o.replace(name=f"g{g}_{i}"), f"es:{self.cfg.es.strategy}", [root["id"]])
-                      for i, o in enumerate(es.ask(tag=f"g{g}_"))]
-        # Members that fail screening rank last; the others are raced, and ES is told their rung-0 fitness
-        # (the same seeds for all of them).
-        screened = [self._validate(p) for p in population]
-        valid = [p.objective for p, (reason, _, _) in zip(population, screened) if not reason]
-        results = iter(self._race(valid, pending))
-        told = []
-        for p, (reason, descriptors, behaviour) in zip(population, screened):
-            ev = None if reason else next(results)
-            pending.add(p, reason, ev, descriptors, behaviour)
-            told.append(None if ev is None else ev.rung0_fitness())
-        es.tell(told)
-        pending.state["es_state"] = es.state_bytes()
-        pending.state["es_campaign"] = {"root": campaign["root"], "step": campaign["step"] + 1}
-        pending.report.note = f"ES on #{root['id']} step {campaign['step'] + 1}"
-
     # ------------------------------------------------------------------ the final report
     def finalists(self) -> list[dict]:
         """The top-k found candidates of distinct behaviour, those raced to the cap first, by fitness."""
         found = [c for c in self.store.candidates(self.run_id, status="evaluated", order_by="fitness",
-                                                  descending=True) if c["origin"] != ZOO_ORIGIN]
+                                                  descending=True) if c["origin"] != BASELINE_ORIGIN]
         cap = self.cfg.max_seeds * self.cfg.fitness.reference_seeds
         found.sort(key=lambda c: (c["units"] or 0) < cap)  # stable: by fitness within each group
         out, behaviours = [], set()

@@ -19,7 +19,9 @@ from discovery import cli
 from discovery.cli import app
 from discovery.llm import LLMConfig
 from discovery.report import VERDICTS
-from discovery.search import Proposed, Search, SearchConfig
+from discovery.proposers import REGISTRY, Asked, Proposed, Proposer, register
+from discovery.proposers.llm import prompt_context
+from discovery.search import Search, SearchConfig
 from evaluators.datasets import DatasetConfig
 from evaluators.fitness import FitnessConfig
 from evaluators.po_trainer import TrainConfig
@@ -126,19 +128,59 @@ def test_final_report_has_controls_baselines_and_verdicts(finished):
 def test_every_proposed_loss_is_screened_as_a_preference_loss(cache, tmp_path):
     search = Search.start(ArchiveStore(str(tmp_path / "s.db")), TINY)
     ipo = baseline("ipo")  # published, not monotone: a baseline, never a proposal
-    assert search._validate(Proposed(ipo, "zoo", []))[0] == ""
-    reason = search._validate(Proposed(ipo.replace(name="child"), "gp:point", []))[0]
+    assert search.screen([Proposed(ipo, "zoo")], published=True)[0].reason == ""
+    reason = search.screen([Proposed(ipo.replace(name="child"), "gp:point")])[0].reason
     assert "non-increasing in the margin" in reason or "increases with logp_w" in reason
     wide = Search.start(ArchiveStore(str(tmp_path / "w.db")), dataclasses.replace(TINY, allow_non_monotone=True))
-    assert wide._validate(Proposed(ipo.replace(name="child"), "gp:point", []))[0] == ""
+    assert wide.screen([Proposed(ipo.replace(name="child"), "gp:point")])[0].reason == ""
     assert wide.cfg.space != search.cfg.space
     imitation = Objective.mpo("imitation", g="t", imitation="lam", constants={"lam": 1.0})
-    assert search._validate(Proposed(imitation, "gp:point", []))[0].startswith("label-blind")
-    dpo, seen = baseline("dpo"), {}
-    assert search._screen(Proposed(dpo, "gp:point", []), seen)[0] == ""
+    assert search.screen([Proposed(imitation, "gp:point")])[0].reason.startswith("label-blind")
+    dpo = baseline("dpo")
     shifted = dpo.replace(name="shifted", g=dpo.g + 1)
-    assert search._screen(Proposed(shifted, "gp:point", []), seen)[0] == \
-        "duplicate of dpo in the same generation (same gradients)"
+    screened = search.screen([Proposed(dpo, "gp:point"), Proposed(shifted, "gp:point")])
+    assert [s.reason for s in screened] == ["", "duplicate of dpo in the same generation (same gradients)"]
+    assert screened[0].descriptors and screened[0].behaviour and screened[1].descriptors is None
+
+
+class BetaSweep(Proposer):
+    """A proposer written in this test file alone: DPO at a larger beta every generation."""
+
+    name = "test-beta-sweep"
+
+    def initial_state(self):
+        return {"asked": 0}
+
+    def ask(self, state, view, rng):
+        beta = 0.2 * (state["asked"] + 1)
+        dpo = baseline("dpo").replace(name=f"sweep{view.generation}", constants={"beta": beta})
+        return Asked([Proposed(dpo, f"{self.name}:beta", [])], {"asked": state["asked"] + 1}, f"beta {beta:g}")
+
+    def tell(self, state, results):
+        return {**state, "told": [None if ev is None else ev.fitness for ev in results]}
+
+
+@pytest.fixture
+def beta_sweep():
+    register(BetaSweep)
+    yield BetaSweep.name
+    del REGISTRY[BetaSweep.name]
+
+
+def test_a_new_proposer_is_one_class_and_one_registry_entry(cache, tmp_path, beta_sweep):
+    cfg = dataclasses.replace(TINY, weights={beta_sweep: 1.0}, max_evaluations=2, baselines=("dpo",))
+    with ArchiveStore(str(tmp_path / "p.db")) as store:
+        with Search.start(store, cfg) as search:
+            generations = search.run()
+        assert [g.proposer for g in generations] == ["zoo", beta_sweep, beta_sweep]
+        assert [g.note for g in generations[1:]] == ["beta 0.2", "beta 0.4"]
+        found = [c for c in store.candidates(search.run_id) if c["generation"] > 0]
+        assert [c["origin"] for c in found] == [f"{beta_sweep}:beta"] * 2
+        assert [c["objective"].constants["beta"] for c in found] == [0.2, 0.4]
+        state = store.get_state(search.run_id, f"proposer:{beta_sweep}")
+        assert state == {"asked": 2, "told": [found[1]["fitness"]]}, "the state told is committed"
+    with pytest.raises(ValueError, match="unknown proposer"):
+        dataclasses.replace(TINY, weights={"nobody": 1.0}).validate()
 
 
 def test_same_seed_gives_the_same_archive(finished, tmp_path):
@@ -158,7 +200,7 @@ def test_ctrl_c_drops_only_the_generation_in_flight(cache, tmp_path, monkeypatch
     def interrupted(*args, **kwargs):  # Ctrl-C while the next generation is being screened
         raise KeyboardInterrupt
 
-    monkeypatch.setattr("discovery.search.check", interrupted)
+    monkeypatch.setattr("discovery.screening.check", interrupted)
     with pytest.raises(KeyboardInterrupt):
         search.run()
     assert store.run(search.run_id)["status"] == "interrupted"
@@ -358,7 +400,7 @@ def test_llm_feedback_is_a_few_grouped_reasons_per_proposer(tmp_path):
                             reason=f"g must be non-increasing in the margin but increases at z={i}, t=0")
         store.add_candidate(search.run_id, objective=baseline("ipo").replace(name=f"i{i}"), origin="gp:point",
                             generation=1, status="rejected", reason=f"duplicate of #{i + 1}")
-    lines = search._prompt_context().rejections
+    lines = prompt_context(search.view()).rejections
     assert lines == [
         "[gp] g increasing: 5 of the last 10; e.g. " + store.candidates(search.run_id)[-2]["formula"]
         + " -> g must be non-increasing in the margin but increases at z=4, t=0",
@@ -375,3 +417,19 @@ def test_a_time_budget_spent_by_generation_0_still_runs_one_search_generation(ca
             generations = search.run()
         assert [g.index for g in generations] == [0, 1]
         assert {c["generation"] for c in store.candidates(search.run_id)} == {0, 1}
+
+
+def test_front_door_runs_a_search_and_exports_a_loss(cache, tmp_path):
+    import discovery
+    from discovery import api
+
+    cfg = dataclasses.replace(TINY, max_evaluations=2, baselines=("dpo",), weights={"gp": 1.0})
+    out = api.search(str(tmp_path / "api.db"), cfg, final_report=False)
+    assert out["generations"][0].proposer == "zoo" and out["report"] is None
+    assert {g.proposer for g in out["generations"][1:]} == {"gp"}
+    with ArchiveStore(str(tmp_path / "api.db"), readonly=True) as store:
+        assert store.best_baseline(out["run_id"])["name"] == "dpo"
+        assert store.best_found(out["run_id"])["origin"].startswith("gp:")
+    assert "import torch" in discovery.export("dpo", "torch")
+    with pytest.raises(ValueError, match="unknown bench preset"):
+        discovery.bench("huge")
