@@ -37,7 +37,7 @@ def policies_train(
     reselect: bool = typer.Option(False, help="re-select levels from the saved snapshots of an earlier run"),
 ):
     """Train behaviour policies with PPO and save the random/low/medium/expert levels + manifest."""
-    from evaluators.behaviour import train_behaviour
+    from evaluators.behaviour_training import train_behaviour
     from evaluators.tasks import get_task
 
     t = get_task(task)
@@ -256,6 +256,10 @@ def run(
                                                            "suite setting)"),
     batch: int = typer.Option(8, min=1, help="candidates trained per population call (GP/LLM generations)"),
     backend: str = typer.Option("native", help="rollout backend for scoring: native (CPU MuJoCo) or mjx"),
+    executor: str = typer.Option("local", help="where populations are evaluated: local (this process) or ray "
+                                               "(chunks of --batch on Ray workers)"),
+    ray_address: str = typer.Option(None, help="with --executor ray: the cluster to join, e.g. ray://head:10001 "
+                                               "(default: start a local Ray on this machine's CPUs)"),
     budget_evals: int = typer.Option(48, min=0, help="stop after this many candidates trained (0: no limit)"),
     budget_minutes: float = typer.Option(1.5, min=0, help="stop after this many minutes of search (0: no limit)"),
     gp: float = typer.Option(0.7, min=0, help="scheduler weight of genetic programming"),
@@ -305,7 +309,7 @@ def run(
     cfg = _search_config(task, dataset, seeds, episodes, steps, pairs, segment_length, reference_steps, batch,
                          backend, budget_evals, budget_minutes, gp, es, llm, llm_provider, llm_model, llm_base_url,
                          llm_max_calls, llm_timeout, es_strategy, descriptors, baseline, top_k, fresh_seeds, seed,
-                         max_seeds, allow_non_monotone, holdout, report_baselines)
+                         max_seeds, allow_non_monotone, holdout, report_baselines, executor, ray_address)
     changes, replay = {}, None
     if resume:
         if not os.path.isfile(archive):
@@ -342,7 +346,8 @@ def run(
 def _search_config(task, dataset, seeds, episodes, steps, pairs, segment_length, reference_steps, batch, backend,
                    budget_evals, budget_minutes, gp, es, llm, llm_provider, llm_model, llm_base_url, llm_max_calls,
                    llm_timeout, es_strategy, descriptors, baseline, top_k, fresh_seeds, seed, max_seeds=4,
-                   allow_non_monotone=False, holdout=None, report_baselines="tuned"):
+                   allow_non_monotone=False, holdout=None, report_baselines="tuned", executor="local",
+                   ray_address=None):
     """The `SearchConfig` the options of `discover run` describe (not validated yet)."""
     from dataclasses import replace
 
@@ -368,7 +373,7 @@ def _search_config(task, dataset, seeds, episodes, steps, pairs, segment_length,
                             dataset=dataset_cfg, train=replace(defaults.train, steps=steps),
                             reference=None if reference_steps is None else
                             replace(SUITE[tasks[0]].reference if tasks[0] in SUITE else BCConfig(), steps=reference_steps),
-                            backend=backend, batch=batch)
+                            backend=backend, batch=batch, executor=executor, ray_address=ray_address)
     return SearchConfig(fitness=fitness, seed=seed, max_evaluations=budget_evals or None,
                         max_seconds=budget_minutes * 60 or None, weights={"gp": gp, "es": es, "llm": llm},
                         es=ESConfig(strategy=es_strategy), llm=llm_cfg, descriptors=descriptors,
@@ -495,16 +500,12 @@ def _write_run_plots(search, report: dict, folder: str) -> None:
     """The heat map, the fitness curve and the final report (Markdown and JSON), side by side."""
     import json
 
-    from archive.plots import plot_fitness_over_time, plot_heatmap
+    from archive.plots import run_plots
     from discovery.report import markdown
 
     os.makedirs(folder, exist_ok=True)
     stem = os.path.join(folder, f"run{search.run_id}")
-    plot_heatmap(search.qd, stem + "-map.png")
-    best_baseline = search.best_baseline()
-    plot_fitness_over_time(search.store.candidates(search.run_id, with_objective=False), stem + "-fitness.png",
-                           baseline=best_baseline[1] if best_baseline else None,
-                           baseline_name=best_baseline[0] if best_baseline else "", pi_ref=search.pi_ref_fitness())
+    run_plots(search.store, search.run_id, search.qd, folder)
     with open(stem + "-report.md", "w") as f:
         f.write(markdown(report))
     with open(stem + "-report.json", "w") as f:

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 
 from evaluators.datasets import DatasetConfig, parse_variant
+from evaluators.executors import EXECUTORS, LocalExecutor, make_executor
 from evaluators.po_trainer import TrainConfig
 from evaluators.protocol import FRESH, SEARCH, TEST_DATA_SEED, VALIDATION_DATA_SEED, Combo, Protocol, Setting, \
     score_settings
@@ -40,6 +41,8 @@ class FitnessConfig:
     reference: BCConfig | None = None  # None: each task's suite BC settings
     backend: str = "native"
     batch: int = 8  # candidates per population call (padded)
+    executor: str = "local"  # where populations are evaluated: "local" or "ray" (evaluators.executors)
+    ray_address: str | None = None  # a Ray cluster to join (None: start a local one)
 
     def validate(self):
         for t in self.tasks:
@@ -50,6 +53,8 @@ class FitnessConfig:
             self.dataset.validate()
         if self.reference is not None:
             self.reference.validate()
+        if self.executor not in EXECUTORS:
+            raise ValueError(f"unknown executor {self.executor!r}; use {' or '.join(EXECUTORS)}")
         if self.backend not in BACKENDS:
             raise ValueError(f"unknown backend {self.backend!r}; use {' or '.join(BACKENDS)}")
         if self.seeds < 1 or self.episodes < 1 or self.batch < 1 or self.reference_seeds < 1:
@@ -108,11 +113,12 @@ def unit_scores(rows: list[dict]) -> dict[tuple[int, int], float]:
 
 
 class FitnessEvaluator:
-    def __init__(self, cfg: FitnessConfig, cache: str | None = None, on_event=None):
+    def __init__(self, cfg: FitnessConfig, cache: str | None = None, on_event=None, executor=None):
         cfg.validate()
         self.cfg = cfg
         self.cache = cache
         self.on_event = on_event
+        self.executor = executor or make_executor(cfg.executor, cfg.ray_address)
         self._combos: dict[tuple[bool, int | None], list[Combo]] = {}
         self.pi_ref: float | None = None  # pi_ref's mean score in the latest evaluation (same units)
 
@@ -141,7 +147,18 @@ class FitnessEvaluator:
                  train_seeds: tuple[int, ...] | None = None, batch: int | None = None) -> list[Evaluation]:
         """Fitness of each objective. ``fresh``: a new dataset seed, training seeds and episodes;
         ``train_seeds``: the search protocol on these training seeds (a racing rung); ``batch``: objectives
-        per population call (default ``cfg.batch``; a fixed smaller one suits the few a racing rung trains)."""
+        per population call (default ``cfg.batch``; a fixed smaller one suits the few a racing rung trains).
+        Another executor than the local one evaluates chunks of ``batch`` objectives on its workers."""
+        batch = batch or self.cfg.batch
+        if not isinstance(self.executor, LocalExecutor) and len(objectives) > batch:
+            chunks = [objectives[i:i + batch] for i in range(0, len(objectives), batch)]
+            options = {"fresh": fresh, "seeds": seeds, "train_seeds": train_seeds, "batch": batch}
+            parts = self.executor.map(_evaluate_chunk, [(self.cfg, self.cache, c, options) for c in chunks])
+            self.pi_ref = parts[0][1]
+            return [ev for evaluations, _ in parts for ev in evaluations]
+        return self._evaluate(objectives, fresh, seeds, train_seeds, batch)
+
+    def _evaluate(self, objectives, fresh, seeds, train_seeds, batch) -> list[Evaluation]:
         n = len(objectives)
         settings = [Setting(str(i), o, self.cfg.train.lr, self.cfg.train.steps) for i, o in enumerate(objectives)]
         combos = self._on_seeds(train_seeds) if train_seeds is not None else self.combos(fresh, seeds)
@@ -151,7 +168,7 @@ class FitnessEvaluator:
         pi_ref_units = []
         for combo in combos:
             table = score_settings(combo, settings, self.cfg.train, policy_rows=("pi_ref",),
-                                   batch=batch or self.cfg.batch, backend=self.cfg.backend)
+                                   batch=batch, backend=self.cfg.backend)
             pi_ref_units.append(table.unit_scores("pi_ref"))
             for i, s in enumerate(settings):
                 per_unit[i] += table.unit_scores(s.label) / len(combos)
@@ -173,3 +190,16 @@ class FitnessEvaluator:
             mean, ci = mean_ci95(per_unit[i])
             out.append(Evaluation(float(mean), float(ci), scores[i]))
         return out
+
+
+_WORKER_EVALUATORS: dict = {}  # per worker process: evaluators with their combos loaded
+
+
+def _evaluate_chunk(job) -> tuple[list[Evaluation], float]:
+    """An executor's unit of work: one chunk of objectives, evaluated in-process where it runs."""
+    cfg, cache, objectives, options = job
+    key = (cfg, cache)
+    if key not in _WORKER_EVALUATORS:
+        _WORKER_EVALUATORS[key] = FitnessEvaluator(replace(cfg, executor="local"), cache)
+    evaluator = _WORKER_EVALUATORS[key]
+    return evaluator.evaluate(objectives, **options), evaluator.pi_ref
