@@ -39,8 +39,11 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
+from evaluators.behaviour import load_level
 from evaluators.errors import SuiteError
+from evaluators.native import NativeBatch, run_policies
 from evaluators.paths import cache_root
+from evaluators.policy import stack
 from evaluators.tasks import Task
 
 FORMAT_VERSION = 3  # 2: one action noise for every level, configurable levels, label-shuffle control;
@@ -206,17 +209,11 @@ def generation_levels(variant: Variant, config: DatasetConfig) -> tuple[str, ...
 
 def behaviour_action_log_std(task: Task) -> np.ndarray:
     """The one action noise every level acts with: the expert level's learned log std."""
-    from evaluators.behaviour import load_level
-
     return np.asarray(load_level(task, "expert")["log_std"], np.float32)
 
 
 def _generate_segments(task: Task, variant: Variant, seed: int, config: DatasetConfig):
     """Unlabelled segment pairs: arrays with a leading (N, 2) layout."""
-    from evaluators.behaviour import load_level
-    from evaluators.native import NativeBatch, run_policies
-    from evaluators.policy import stack
-
     levels = generation_levels(variant, config)
     params = stack([load_level(task, level) for level in levels])
     params["log_std"] = np.broadcast_to(behaviour_action_log_std(task), params["log_std"].shape).copy()

@@ -11,8 +11,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from evaluators.behaviour import reference_returns
 from evaluators.errors import SuiteError
-
+from evaluators.native import NativeBatch, run_policies
 from evaluators.tasks import MAX_EPISODE_STEPS, Task
 
 BACKENDS = ("native", "mjx")
@@ -33,14 +34,12 @@ def episode_returns(task: Task, params: dict, episodes: int, seed: int, *, backe
     qpos0, qvel0 = np.tile(qpos0, (P, 1)), np.tile(qvel0, (P, 1))
     policy_index = np.repeat(np.arange(P), episodes)
     if backend == "native":
-        from evaluators.native import NativeBatch, run_policies
-
         rng = None if deterministic else np.random.default_rng([seed, 1])
         with NativeBatch(task, P * episodes, n_threads) as batch:
             out = run_policies(batch, params, policy_index, qpos0, qvel0, horizon, rng)
         return out.returns.reshape(P, episodes)
     if backend == "mjx":
-        from evaluators.mjx_backend import mjx_episode_returns
+        from evaluators.mjx_backend import mjx_episode_returns  # jax and MJX load only for this backend
 
         returns = mjx_episode_returns(task, params, policy_index, qpos0, qvel0, horizon=horizon,
                                       deterministic=deterministic, seed=seed)
@@ -49,8 +48,6 @@ def episode_returns(task: Task, params: dict, episodes: int, seed: int, *, backe
 
 
 def normalise(task: Task, returns):
-    from evaluators.behaviour import reference_returns
-
     r_random, r_expert = reference_returns(task)
     return 100.0 * (np.asarray(returns) - r_random) / (r_expert - r_random)
 
