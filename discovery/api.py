@@ -1,4 +1,5 @@
-"""The Python front door: score your own losses on the suite exactly as every report does.
+"""The Python front door: score your own losses on the suite exactly as every report does, run a
+search, the baseline table, or export a loss as code (what the CLI's commands do).
 
     from discovery.api import loss, score
 
@@ -8,6 +9,9 @@
     table.paired("mine", "pi_ref")             # paired difference to pi_ref (the floor); "oracle" is the ceiling
     table.paired("mine", "mine [shuffled]")    # does it win by using the preferences?
     score({s.label: s for s in tuned_baselines("halfcheetah", "noisy:0.2")}, variant="noisy:0.2")
+
+    export("dpo", "torch")                     # standalone PyTorch code of a loss
+    search("runs/archive.db")                  # a default `discover run`, returning its final report
 
 A loss is a zoo name, an expression in the objective language (parsed by the safe parser, never
 evaluated as Python) or an ``Objective``. Scores use the suite's dataset, pi_ref, training budget and the
@@ -19,8 +23,12 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
+from archive.store import ArchiveStore
+from discovery.search import Search, SearchConfig
+from evaluators.bench import PRESETS, BenchResult, run_bench
 from evaluators.protocol import FRESH, TEST_DATA_SEED, Combo, Protocol, ScoreTable, Setting, score_with_controls
 from evaluators.suite import task_suite, tune, tuned_setting
+from grammar.export import export as export_objective
 from grammar.objective import Objective
 from grammar.zoo import ZOO, baseline
 
@@ -57,3 +65,29 @@ def score(losses: Mapping[str, str | Objective | Setting], task: str = "halfchee
 def tuned_baselines(task: str = "halfcheetah", variant: str = "clean", cache: str | None = None) -> list[Setting]:
     """The reported zoo losses at their tuned settings for (task, variant): shipped, cached or tuned now."""
     return [tuned_setting(name, best) for name, best in tune(task, variant, cache=cache).items()]
+
+
+def search(archive: str, cfg: SearchConfig | None = None, *, final_report: bool = True, cache: str | None = None,
+           on_event=None) -> dict:
+    """A search run (`discovery.search.Search`) in the SQLite ``archive``, then its final report.
+
+    Returns ``{"run_id", "generations", "report"}`` (``report`` None without ``final_report``). What
+    `discover run` does, without its terminal view.
+    """
+    with ArchiveStore(archive) as store, Search.start(store, cfg or SearchConfig(), cache=cache,
+                                                      on_event=on_event) as run:
+        generations = run.run()
+        report = run.final_report() if final_report else None
+        return {"run_id": run.run_id, "generations": generations, "report": report}
+
+
+def bench(preset: str = "quick", cache: str | None = None, on_event=None) -> BenchResult:
+    """The baseline table of `discover bench`: zoo losses, default and tuned, with pi_ref and the oracle."""
+    if preset not in PRESETS:
+        raise ValueError(f"unknown bench preset {preset!r}; use one of {', '.join(PRESETS)}")
+    return run_bench(PRESETS[preset], cache, on_event)
+
+
+def export(spec: str | Objective, fmt: str = "torch") -> str:
+    """A loss as standalone code for your own trainer: ``torch``, ``jax``, ``latex`` or ``sympy``."""
+    return export_objective(loss(spec), fmt)

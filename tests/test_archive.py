@@ -343,8 +343,8 @@ def test_cli_show_lineage_map(synthetic, tmp_path):
     result = cli("map", "--archive", synthetic["path"], "--plots", tmp_path)
     assert result.exit_code == 0, result.output
     assert "Pareto front" in result.output and "50.0 #" in result.output
-    assert_png(tmp_path / "run-1-map.png")
-    assert_png(tmp_path / "run-1-fitness.png")
+    assert_png(tmp_path / "run1-map.png")
+    assert_png(tmp_path / "run1-fitness.png")
     result = cli("map", "--archive", synthetic["path"], "--plots", tmp_path,
                  "--descriptors", "complexity=0:60:6,saturation=0:1:2,asymmetry")
     assert result.exit_code == 0, result.output
