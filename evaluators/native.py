@@ -89,12 +89,13 @@ class _DataLane:
 
     def step(self, actions: np.ndarray, active: np.ndarray) -> None:
         m, frame_skip = self.model, self.task.frame_skip
-        for i in np.flatnonzero(active):
-            d = self.datas[i]
-            self._views[i][0][:] = actions[i]
+        qpos, qvel, torso_xpos, cfrc_ext = self.qpos, self.qvel, self.torso_xpos, self.cfrc_ext
+        for i in np.flatnonzero(active).tolist():
+            d, (ctrl, d_qpos, d_qvel, d_torso, d_cfrc) = self.datas[i], self._views[i]
+            ctrl[:] = actions[i]
             mujoco.mj_step(m, d, frame_skip)
             mujoco.mj_rnePostConstraint(m, d)
-            self._read(i)
+            qpos[i], qvel[i], torso_xpos[i], cfrc_ext[i] = d_qpos, d_qvel, d_torso, d_cfrc
 
 
 class NativeBatch:
@@ -248,7 +249,7 @@ class _LaneRun:
             step_noise = noise.at(t)
             if step_noise is not None:
                 action += self.std * step_noise[r]
-            np.clip(action, -ACTION_LIMIT, ACTION_LIMIT, out=action)
+            np.minimum(np.maximum(action, -ACTION_LIMIT, out=action), ACTION_LIMIT, out=action)
             x_before = task.forward_position(lane.qpos, lane.torso_xpos).copy()
             if recording:
                 rows = np.flatnonzero(active) + r.start
@@ -266,9 +267,10 @@ class _LaneRun:
             self.lengths += active
             if recording:
                 out.rewards[r, t] = reward
-            term = task.terminated(np, healthy)
-            self.terminated |= active & term
-            active &= ~term
+            if task.terminates:
+                term = task.terminated(np, healthy)
+                self.terminated |= active & term
+                active &= ~term
 
 
 def run_policies(
