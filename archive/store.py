@@ -36,7 +36,7 @@ import threading
 from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Iterator, Mapping, NotRequired, Sequence, TypedDict
 
 from archive.rejections import RejectionGroup, group_rejections
 from grammar.identity import Identity, identify
@@ -154,6 +154,45 @@ def _dumps(value) -> str:
 
 def _optional_float(value) -> float | None:
     return None if value is None else float(value)
+
+
+class RunRecord(TypedDict):
+    id: int
+    created: str
+    updated: str
+    config: dict  # SearchConfig.to_dict()
+    seed: int
+    code_version: str
+    status: str  # running, interrupted, failed, finished
+
+
+class CandidateRecord(TypedDict):
+    """One candidate as the store returns it (`objective` only when asked ``with_objective``)."""
+
+    id: int
+    run_id: int
+    created: str
+    name: str
+    constants: dict[str, float]
+    objective: NotRequired[Objective]
+    generation: int
+    origin: str  # BASELINE_ORIGIN, or "<proposer>:<what made it>"
+    parents: list[int]
+    formula: str
+    structure_hash: str
+    complexity: float
+    status: str  # evaluated, failed or rejected
+    reason: str
+    fitness: float | None
+    ci95: float | None
+    fresh_fitness: float | None
+    fresh_ci95: float | None
+    descriptors: dict[str, float]
+    exchange_id: int | None
+    seconds: float | None
+    behaviour: str | None  # gradient fingerprint
+    units: int | None  # seed units behind the fitness
+    depth: NotRequired[int]  # lineage only: 0 for the candidate, 1 for its parents, ...
 
 
 class ArchiveStore:
@@ -317,18 +356,18 @@ class ArchiveStore:
                            (now, now, _dumps(dict(config)), int(seed), str(code_version))).lastrowid
 
     @staticmethod
-    def _run_dict(row: sqlite3.Row) -> dict:
+    def _run_dict(row: sqlite3.Row) -> RunRecord:
         return {"id": row["id"], "created": row["created"], "updated": row["updated"],
                 "config": json.loads(row["config"]), "seed": row["seed"], "code_version": row["code_version"],
                 "status": row["status"]}
 
-    def run(self, run_id: int) -> dict:
+    def run(self, run_id: int) -> RunRecord:
         return self._run_dict(self._one("SELECT * FROM runs WHERE id = ?", (run_id,), f"run {run_id}"))
 
-    def runs(self) -> list[dict]:
+    def runs(self) -> list[RunRecord]:
         return [self._run_dict(r) for r in self._rows("SELECT * FROM runs ORDER BY id")]
 
-    def latest_run(self) -> dict | None:
+    def latest_run(self) -> RunRecord | None:
         rows = self._rows("SELECT * FROM runs ORDER BY id DESC LIMIT 1")
         return self._run_dict(rows[0]) if rows else None
 
@@ -406,7 +445,7 @@ class ArchiveStore:
     def _candidate_row(self, candidate_id: int) -> sqlite3.Row:
         return self._one("SELECT * FROM candidates WHERE id = ?", (candidate_id,), f"candidate {candidate_id}")
 
-    def _candidate_dict(self, row: sqlite3.Row, with_objective: bool = True) -> dict:
+    def _candidate_dict(self, row: sqlite3.Row, with_objective: bool = True) -> CandidateRecord:
         from grammar.language import GrammarError
         from grammar.objective import Objective
 
@@ -426,12 +465,12 @@ class ArchiveStore:
                 "exchange_id": row["exchange_id"], "seconds": row["seconds"],
                 **{k: row[k] if k in row.keys() else None for k in ("behaviour", "units")}}  # older readers
 
-    def candidate(self, candidate_id: int) -> dict:
+    def candidate(self, candidate_id: int) -> CandidateRecord:
         return self._candidate_dict(self._candidate_row(candidate_id))
 
     def candidates(self, run_id: int | None = None, status: str | None = None, origin_prefix: str | None = None,
                    order_by: str = "id", descending: bool = False, limit: int | None = None, *,
-                   with_objective: bool = True) -> list[dict]:
+                   with_objective: bool = True) -> list[CandidateRecord]:
         """Candidates matching the filters.  Rows without a value in the `order_by` column come last;
         ties are broken by id.  `with_objective=False` leaves out the parsed `objective` (about 0.6 ms a
         row) for callers that need only numbers, `name` and `formula`."""
@@ -464,13 +503,13 @@ class ArchiveStore:
                  "stop_reason": r["stop_reason"], "fresh": bool(r["fresh"])}
                 for r in self._rows(sql + " ORDER BY id", params)]
 
-    def best_baseline(self, run_id: int) -> dict | None:
+    def best_baseline(self, run_id: int) -> CandidateRecord | None:
         """The fittest evaluated baseline of the run (origin `BASELINE_ORIGIN`), or None."""
         rows = self.candidates(run_id, status="evaluated", origin_prefix=BASELINE_ORIGIN, order_by="fitness",
                                descending=True)
         return next((c for c in rows if c["origin"] == BASELINE_ORIGIN), None)
 
-    def best_found(self, run_id: int) -> dict | None:
+    def best_found(self, run_id: int) -> CandidateRecord | None:
         """The fittest evaluated candidate of the run that is not a baseline, or None."""
         for c in self.candidates(run_id, status="evaluated", order_by="fitness", descending=True):
             if c["origin"] != BASELINE_ORIGIN:
@@ -489,7 +528,7 @@ class ArchiveStore:
         return self._rows("SELECT min(id) FROM candidates WHERE run_id = ? AND behaviour = ?",
                           (run_id, behaviour))[0][0]
 
-    def lineage(self, candidate_id: int) -> list[dict]:
+    def lineage(self, candidate_id: int) -> list[CandidateRecord]:
         """The candidate and all its ancestors, nearest first (breadth-first; each once).  Each dict also
         has `depth`: 0 for the candidate, 1 for its parents, ..."""
         out, queue, done = [], [(candidate_id, 0)], set()

@@ -25,7 +25,7 @@ from collections.abc import Mapping
 
 from archive.store import ArchiveStore
 from discovery.search import Search, SearchConfig
-from evaluators.bench import PRESETS, BenchResult, run_bench
+from evaluators.bench import PRESETS, BenchPreset, BenchResult, run_bench
 from evaluators.protocol import FRESH, TEST_DATA_SEED, Combo, Protocol, ScoreTable, Setting, score_with_controls
 from evaluators.suite import task_suite, tune, tuned_setting
 from grammar.export import export as export_objective
@@ -81,11 +81,14 @@ def search(archive: str, cfg: SearchConfig | None = None, *, final_report: bool 
         return {"run_id": run.run_id, "generations": generations, "report": report}
 
 
-def bench(preset: str = "quick", cache: str | None = None, on_event=None) -> BenchResult:
-    """The baseline table of `discover bench`: zoo losses, default and tuned, with pi_ref and the oracle."""
-    if preset not in PRESETS:
-        raise ValueError(f"unknown bench preset {preset!r}; use one of {', '.join(PRESETS)}")
-    return run_bench(PRESETS[preset], cache, on_event)
+def bench(preset: str | BenchPreset = "quick", cache: str | None = None, on_event=None) -> BenchResult:
+    """The baseline table of `discover bench`: zoo losses, default and tuned, with pi_ref and the oracle;
+    ``preset`` is "quick", "full" or a `BenchPreset` of your own."""
+    if isinstance(preset, str):
+        if preset not in PRESETS:
+            raise ValueError(f"unknown bench preset {preset!r}; use one of {', '.join(PRESETS)}")
+        preset = PRESETS[preset]
+    return run_bench(preset, cache, on_event)
 
 
 def export(spec: str | Objective, fmt: str = "torch") -> str:

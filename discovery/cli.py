@@ -206,7 +206,8 @@ def bench(
     """Baseline table: zoo objectives (default and tuned) x variants x tasks, with pi_ref and the oracle."""
     from dataclasses import replace
 
-    from evaluators.bench import PRESETS, columns, format_cell, row_names, run_bench, write_reports
+    from discovery import api
+    from evaluators.bench import PRESETS, columns, format_cell, row_names, write_reports
     from evaluators.datasets import parse_variant
     from evaluators.suite import task_suite
     from grammar.zoo import ZOO
@@ -222,7 +223,7 @@ def bench(
     if unknown:
         raise ValueError(f"--objective: unknown {', '.join(unknown)}; the zoo has {', '.join(ZOO)}")
     with console.status("bench") as status:
-        result = run_bench(preset, on_progress=lambda msg: status.update(f"bench: {msg}"))
+        result = api.bench(preset, on_event=lambda msg: status.update(f"bench: {msg}"))
     cols = columns(result)
     table = Table(title=f"normalised score, mean ± 95% CI, test data seed ({result.seconds:.0f} s)")
     table.add_column("objective")
@@ -522,7 +523,7 @@ def export(
     out: str = typer.Option(None, "--out", "-o", help="write to this file instead of printing"),
 ):
     """Export an objective as standalone PyTorch / JAX code, LaTeX or sympy."""
-    from grammar.export import export as export_objective
+    from grammar.export import export as export_objective  # what discovery.api.export calls (lighter import)
 
     if out is not None:
         _check_writable(out, "--out")

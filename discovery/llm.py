@@ -54,7 +54,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Sequence
 
 import prompts
-from discovery.llm_parse import MAX_ANSWER_CHARS, Candidate, ParsedAnswer, Rejection, read_answer
+from discovery.llm_parse import MAX_ANSWER_CHARS, ParsedAnswer, ParsedObjective, Rejection, read_answer
 from discovery.llm_prompt import PromptContext, RenderedPrompt, render_prompt
 from discovery.text import printable
 
@@ -197,7 +197,7 @@ class Exchange:
 
 @dataclass
 class Proposal:
-    candidates: list[Candidate]  # parsed objectives (+ rationale), named f"llm{call}-{i}"
+    candidates: list[ParsedObjective]  # parsed objectives (+ rationale), named f"llm{call}-{i}"
     rejections: list[Rejection]  # (snippet, reason) for each rejected item of the answer, or the whole answer
     exchange: Exchange
     attempts: int = 0  # requests made for this call (0: none, e.g. budget spent or replayed)

@@ -47,13 +47,15 @@ Rejection = tuple[str, str]  # (snippet of the offending text, reason)
 
 
 @dataclass(frozen=True)
-class Candidate:
+class ParsedObjective:
+    """An objective read from an LLM answer, with the rationale the model gave for it."""
+
     objective: Objective
     rationale: str
 
 
 class ParsedAnswer(NamedTuple):
-    candidates: list[Candidate]
+    candidates: list[ParsedObjective]
     rejections: list[Rejection]
     shape: str | None  # one of ANSWER_SHAPES, None when no JSON of any of them was found
 
@@ -78,7 +80,7 @@ def parse_answer(text: str, *, name_prefix: str = "llm", max_complexity: float |
 
 
 def parse_candidates(text: str, *, name_prefix: str = "llm", max_complexity: float | None = None,
-                     validate: bool = True) -> tuple[list[Candidate], list[Rejection]]:
+                     validate: bool = True) -> tuple[list[ParsedObjective], list[Rejection]]:
     """As `parse_answer`, keeping each objective's rationale."""
     return read_answer(text, name_prefix=name_prefix, max_complexity=max_complexity, validate=validate)[:2]
 
@@ -217,7 +219,7 @@ def _load_json(region: str) -> Any:
 
 
 # ------------------------------------------------------------------------------------ one objective
-def _candidate(item: Any, name: str, max_complexity: float | None, validate: bool) -> Candidate:
+def _candidate(item: Any, name: str, max_complexity: float | None, validate: bool) -> ParsedObjective:
     if not isinstance(item, dict):
         raise _Reject(f"must be a JSON object, got {_kind(item)}")
     shape = item.get("shape", "free" if "loss" in item else "mpo" if any(k in item for k in MPO_PARTS) else None)
@@ -256,7 +258,7 @@ def _candidate(item: Any, name: str, max_complexity: float | None, validate: boo
         verdict = check(objective)
         if not verdict.ok:
             raise _Reject(f"invalid: {verdict.reason}")
-    return Candidate(objective, rationale.strip()[:MAX_RATIONALE_CHARS])
+    return ParsedObjective(objective, rationale.strip()[:MAX_RATIONALE_CHARS])
 
 
 def _expression(value: Any, part: str) -> sympy.Expr:

@@ -39,7 +39,7 @@ import numpy as np
 
 from archive.descriptors import parse_descriptor_specs
 from archive.qd import HallOfFame, QDArchive
-from archive.store import BASELINE_ORIGIN, PI_REF_KEY, RACING_KEY, REPORT_KEY, ArchiveStore
+from archive.store import BASELINE_ORIGIN, PI_REF_KEY, RACING_KEY, REPORT_KEY, ArchiveStore, CandidateRecord
 from discovery.es import STRATEGIES, ESConfig
 from discovery.gp import GPConfig
 from discovery.llm import LLMConfig
@@ -399,7 +399,7 @@ class Search:
     def pi_ref_fitness(self) -> float | None:
         return (self.store.get_state(self.run_id, PI_REF_KEY) or {}).get("fitness")
 
-    def best(self) -> dict | None:
+    def best(self) -> CandidateRecord | None:
         """The fittest discovered (non-baseline) candidate."""
         return self.store.best_found(self.run_id)
 
@@ -548,7 +548,7 @@ class Search:
         return results
 
     # ------------------------------------------------------------------ the final report
-    def finalists(self) -> list[dict]:
+    def finalists(self) -> list[CandidateRecord]:
         """The top-k found candidates of distinct behaviour, those raced to the cap first, by fitness."""
         found = [c for c in self.store.candidates(self.run_id, status="evaluated", order_by="fitness",
                                                   descending=True) if c["origin"] != BASELINE_ORIGIN]

@@ -26,7 +26,7 @@ from grammar.objective import Objective
 
 if TYPE_CHECKING:
     from archive.qd import HallOfFame, QDArchive
-    from archive.store import ArchiveStore
+    from archive.store import ArchiveStore, CandidateRecord
     from discovery.search import SearchConfig
     from evaluators.fitness import Evaluation
 
@@ -79,15 +79,15 @@ class ArchiveView:
     room: int  # candidates this generation may train (the batch, or what the budget has left)
     evaluations_left: int | None  # what the evaluation budget has left (None: no such budget)
 
-    def parents(self) -> list[dict]:
+    def parents(self) -> list[CandidateRecord]:
         """The QD elites and the hall of fame's front, by id."""
         ids = {e.candidate_id for e in self.qd.elites()} | {e.candidate_id for e in self.hall.front()}
         return [self.store.candidate(i) for i in sorted(ids)]
 
-    def candidate(self, candidate_id: int) -> dict:
+    def candidate(self, candidate_id: int) -> CandidateRecord:
         return self.store.candidate(candidate_id)
 
-    def by_fitness(self, limit: int | None = None, **filters) -> list[dict]:
+    def by_fitness(self, limit: int | None = None, **filters) -> list[CandidateRecord]:
         """Evaluated candidates, fittest first."""
         return self.store.candidates(self.run_id, status="evaluated", order_by="fitness", descending=True,
                                      limit=limit, **filters)
