@@ -148,7 +148,8 @@ class FitnessEvaluator:
         """Fitness of each objective. ``fresh``: a new dataset seed, training seeds and episodes;
         ``train_seeds``: the search protocol on these training seeds (a racing rung); ``batch``: objectives
         per population call (default ``cfg.batch``; a fixed smaller one suits the few a racing rung trains).
-        Another executor than the local one evaluates chunks of ``batch`` objectives on its workers."""
+        Another executor than the local one evaluates chunks of ``batch`` objectives on its workers (a
+        population of one chunk stays in this process)."""
         batch = batch or self.cfg.batch
         if not isinstance(self.executor, LocalExecutor) and len(objectives) > batch:
             chunks = [objectives[i:i + batch] for i in range(0, len(objectives), batch)]

@@ -9,7 +9,7 @@ import dataclasses
 import numpy as np
 
 from archive.rejections import group_rejections
-from discovery.llm import LLMProposer as Client
+from discovery.llm import LLMProposer as Client  # the endpoint client, which parses and budgets calls
 from discovery.llm import llm_available
 from discovery.llm_prompt import PromptContext
 from discovery.proposers.base import REGISTRY, ArchiveView, Asked, Proposed, Proposer, register
@@ -20,7 +20,9 @@ PROMPT_ELITES = 5  # fittest candidates shown, and as many QD elites drawn as in
 
 
 @register
-class LLMProposer(Proposer):
+class LLMEmitter(Proposer):
+    """The scheduled proposer around the endpoint client (`discovery.llm.LLMProposer`)."""
+
     name = "llm"
 
     def __init__(self, cfg, *, llm_client=None, llm_http_client=None, llm_replay=None, exchanges=(), **resources):
