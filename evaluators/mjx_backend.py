@@ -196,7 +196,7 @@ def _step(task: Task, m, d, action):
         d = mjx.rne_postconstraint(m, d)
     x_after = task.forward_position(d.qpos, d.xpos[1])
     healthy = task.healthy(jnp, d.qpos, d.qvel)
-    reward = task.reward(jnp, x_before, x_after, action, healthy, d._impl.cfrc_ext)
+    reward = task.reward(jnp, x_before, x_after, action, healthy, task.contact_cost(jnp, d._impl.cfrc_ext))
     return d, _observe(task, d), reward, task.terminated(jnp, healthy)
 
 

@@ -4,12 +4,13 @@ The environments live in ``mujoco.batch.Batch`` objects: each environment's stat
 that ``mj_step`` carries from one step to the next (solver warm start included), so results equal
 Gymnasium's ``MujocoEnv`` to the bit, and one call steps many environments with the GIL released.
 Ant observes ``cfrc_ext`` after ``mj_rnePostConstraint`` on the data ``mj_step`` left behind, so its
-environments are one ``MjData`` each, stepped by ``mj_step`` in a loop that releases the GIL.
+environments are state rows stepped in turn on one ``MjData`` per lane, by ``mj_step`` in a loop that
+releases the GIL.
 
 ``run_policies`` evaluates a whole batch of policies at once (one batched matmul over P policies per
 control step). With more than one thread and enough environments they are split into two *lanes*,
 each its own batch on its share of the threads, run side by side by their own Python threads: while
-one lane's physics runs (GIL released), the other lane's policies, rewards and records are computed,
+one lane's physics runs (GIL released), the other lane's policies, observations and records are computed,
 so that no core waits for Python. Each row is computed as without lanes and the action noise of a
 step is drawn for all environments at once, in step order, so the results are the same to the bit.
 """
@@ -29,6 +30,7 @@ from evaluators.policy import ACTION_LIMIT, BatchedPolicies
 from evaluators.tasks import MAX_EPISODE_STEPS, Task
 
 LANE_MIN_ENVS = 8  # two lanes from 2 * LANE_MIN_ENVS environments on
+REWARD_CHUNK = 64  # steps whose rewards are computed together
 
 
 def default_threads() -> int:
@@ -59,43 +61,49 @@ class _BatchLane:
         self.sim.step(active, nstep=self.task.frame_skip)
 
 
-class _DataLane:
-    """The environments ``rows``, one ``MjData`` each, stepped in a loop (``mj_step`` releases the GIL).
+class _RowLane:
+    """The environments ``rows`` as state rows stepped in turn on one ``MjData`` (``mj_step`` releases the GIL).
 
     For Ant, which observes ``cfrc_ext`` as ``mj_rnePostConstraint`` computes it on the data ``mj_step``
-    left behind: reading that data out of a ``mujoco.batch`` would copy each environment's whole
-    ``MjData`` every step, which costs more than this loop.
+    left behind: a ``mujoco.batch`` would have to copy each environment's whole ``MjData`` out every
+    step to give it. A row holds what ``mj_step`` carries from one step to the next (time, qpos, qvel,
+    act, the solver's warm start); the other inputs (applied forces, mocap, equality switches) are never
+    written, and the control is set before every step. So the results equal one MjData per
+    environment to the bit, as ``mujoco.batch`` does, while the MjData stays in the core's cache.
     """
+
+    STATE = mujoco.mjtState.mjSTATE_FULLPHYSICS | mujoco.mjtState.mjSTATE_WARMSTART
 
     def __init__(self, task: Task, model: mujoco.MjModel, rows: slice):
         self.rows, self.task, self.model = rows, task, model
         n = rows.stop - rows.start
-        self.datas = [mujoco.MjData(model) for _ in range(n)]
-        self.qpos, self.qvel = np.zeros((n, model.nq)), np.zeros((n, model.nv))
+        self.data = mujoco.MjData(model)
+        self.state = np.zeros((n, mujoco.mj_stateSize(model, self.STATE)))
+        qpos_at = mujoco.mj_stateSize(model, mujoco.mjtState.mjSTATE_TIME)  # a row: time, qpos, qvel, ...
+        self.qpos = self.state[:, qpos_at:qpos_at + model.nq]
+        self.qvel = self.state[:, qpos_at + model.nq:qpos_at + model.nq + model.nv]
         self.torso_xpos, self.cfrc_ext = np.zeros((n, 3)), np.zeros((n, model.nbody, 6))
-        # Views of each MjData's fields, made once (making one costs as much as the copy through it).
-        self._views = [(d.ctrl, d.qpos, d.qvel, d.xpos[1], d.cfrc_ext) for d in self.datas]
-
-    def _read(self, i: int) -> None:
-        _, self.qpos[i], self.qvel[i], self.torso_xpos[i], self.cfrc_ext[i] = self._views[i]
+        self._rows = list(self.state)  # row views, made once
 
     def reset(self, ids: np.ndarray, qpos: np.ndarray, qvel: np.ndarray) -> None:
+        m, d = self.model, self.data
         for k, i in enumerate(ids):
-            d = self.datas[i]
-            mujoco.mj_resetData(self.model, d)
+            mujoco.mj_resetData(m, d)
             d.qpos[:], d.qvel[:] = qpos[k], qvel[k]
-            mujoco.mj_forward(self.model, d)
-            self._read(i)
+            mujoco.mj_forward(m, d)
+            mujoco.mj_getState(m, d, self._rows[i], self.STATE)
+            self.torso_xpos[i], self.cfrc_ext[i] = d.xpos[1], d.cfrc_ext
 
     def step(self, actions: np.ndarray, active: np.ndarray) -> None:
-        m, frame_skip = self.model, self.task.frame_skip
-        qpos, qvel, torso_xpos, cfrc_ext = self.qpos, self.qvel, self.torso_xpos, self.cfrc_ext
-        for i in np.flatnonzero(active).tolist():  # `_read` inlined: this loop is Ant's Python per env-step
-            d, (ctrl, d_qpos, d_qvel, d_torso, d_cfrc) = self.datas[i], self._views[i]
+        m, d, frame_skip, spec, rows = self.model, self.data, self.task.frame_skip, self.STATE, self._rows
+        ctrl, d_torso, d_cfrc, torso_xpos, cfrc_ext = d.ctrl, d.xpos[1], d.cfrc_ext, self.torso_xpos, self.cfrc_ext
+        for i in np.flatnonzero(active).tolist():  # Ant's Python per env-step
+            mujoco.mj_setState(m, d, rows[i], spec)
             ctrl[:] = actions[i]
             mujoco.mj_step(m, d, frame_skip)
             mujoco.mj_rnePostConstraint(m, d)
-            qpos[i], qvel[i], torso_xpos[i], cfrc_ext[i] = d_qpos, d_qvel, d_torso, d_cfrc
+            mujoco.mj_getState(m, d, rows[i], spec)
+            torso_xpos[i], cfrc_ext[i] = d_torso, d_cfrc
 
 
 class NativeBatch:
@@ -103,7 +111,7 @@ class NativeBatch:
 
     The envs are split into ``lanes`` run side by side, each on its own Python thread. Default: one
     lane per LANE_MIN_ENVS envs, at most 2 lanes of ``mujoco.batch`` (each on half the threads) or, for
-    tasks that observe contact forces, one ``MjData`` lane per thread.
+    tasks that observe contact forces, one state-row lane per thread.
     """
 
     def __init__(self, task: Task, n_envs: int, n_threads: int | None = None, lanes: int | None = None):
@@ -118,7 +126,7 @@ class NativeBatch:
             raise ValueError(f"lanes must be at least 1, got {lanes}")
         cuts = np.linspace(0, n_envs, lanes + 1).round().astype(int)
         rows = [slice(int(a), int(b)) for a, b in zip(cuts[:-1], cuts[1:]) if b > a]
-        self.lanes = [_DataLane(task, self.model, r) if per_env else
+        self.lanes = [_RowLane(task, self.model, r) if per_env else
                       _BatchLane(task, self.model, r, max(1, n_threads // lanes)) for r in rows]
         self._helper = ThreadPoolExecutor(len(self.lanes) - 1) if len(self.lanes) > 1 else None
         m = self.model
@@ -175,7 +183,7 @@ class NativeBatch:
         self._gather()
         x_after = task.forward_position(self.qpos, self.torso_xpos)
         healthy = task.healthy(np, self.qpos, self.qvel)
-        reward = task.reward(np, x_before, x_after, actions, healthy, self.cfrc_ext)
+        reward = task.reward(np, x_before, x_after, actions, healthy, task.contact_cost(np, self.cfrc_ext))
         return self.observation(), reward, task.terminated(np, healthy)
 
 
@@ -215,62 +223,97 @@ class _Noise:
 
 
 class _LaneRun:
-    """One lane's part of ``run_policies``: policies, physics and rewards of its envs, step by step.
+    """One lane's part of ``run_policies``: policies, physics and observations of its envs, step by step.
 
+    A step does only what the next step needs. What the rewards need (forward positions, actions,
+    health, Ant's contact cost) is kept for REWARD_CHUNK steps at a time, and their rewards and returns
+    are computed together, with the same arithmetic per element and the returns summed in step order.
     Arrays of the whole run (``out``) are written through this lane's rows only, so lanes never touch
     the same memory.
     """
 
-    def __init__(self, lane: _BatchLane | _DataLane, params, policy_index, std, obs, out: Rollout):
-        self.lane, self.std, self.obs = lane, std, obs
-        present, self.policy_index = np.unique(policy_index, return_inverse=True)
+    def __init__(self, lane: _BatchLane | _RowLane, params, policy_index, std, obs, out: Rollout, horizon: int):
+        self.lane, self.std, self.obs, self.out = lane, std, obs, out
+        present, policy_index = np.unique(policy_index, return_inverse=True)
         self.policies = BatchedPolicies({k: v[present] for k, v in params.items()})
-        # Envs are laid out as a (P, width) grid so one matmul evaluates every policy at once.
-        P = len(present)
-        self.slot = np.zeros(len(policy_index), int)
+        # Envs are laid out as a (P, width) grid so one matmul evaluates every policy at once; a policy
+        # has at least 2 rows (see BatchedPolicies), and its spare rows repeat one of its envs.
+        n, P = len(policy_index), len(present)
+        width = max(2, int(np.bincount(policy_index, minlength=P).max()))
+        source, cell = np.zeros((P, width), int), np.zeros(n, int)
         for p in range(P):
-            members = np.flatnonzero(self.policy_index == p)
-            self.slot[members] = np.arange(len(members))
-        width = int(np.bincount(self.policy_index, minlength=P).max())
+            members = np.flatnonzero(policy_index == p)
+            cell[members] = p * width + np.arange(len(members))
+            source[p] = members[np.minimum(np.arange(width), len(members) - 1)]
+        self.source, self.cell = source.ravel(), cell
         self.grid = np.zeros((P, width, obs.shape[-1]))
+        chunk = min(horizon, REWARD_CHUNK)
+        self.actions = np.zeros((chunk, n, self.policies.out_dim))  # padded columns stay zero
+        self.positions = np.zeros((chunk + 1, n))
+        self.healthy = np.ones((chunk, n), bool)
+        self.contact_cost = np.zeros((chunk, n)) if lane.task.uses_contact_forces else None
         r = lane.rows
         self.returns, self.lengths, self.terminated = out.returns[r], out.lengths[r], out.terminated[r]
-        self.active = np.ones(len(policy_index), bool)
-        self.out = out
+        self.active = np.ones(n, bool)
 
     def run(self, horizon: int, noise: _Noise) -> None:
         lane, task, out, r, active = self.lane, self.lane.task, self.out, self.lane.rows, self.active
         recording = out.observations is not None
+        checks_health = task.terminates or task.healthy_reward != 0
+        grid_rows, act_dim, chunk = self.grid.reshape(-1, self.grid.shape[-1]), self.policies.act_dim, len(self.actions)
+        first = taken = 0  # the current chunk's first step, the steps taken
         for t in range(horizon):
-            if not active.any():
-                return
-            self.grid[self.policy_index, self.slot] = self.obs
-            action = self.policies.mean(self.grid)[self.policy_index, self.slot]
+            if task.terminates and not active.any():
+                break
+            i = t - first
+            np.take(self.obs, self.source, axis=0, out=grid_rows)
+            mean = self.policies.padded_mean(self.grid)
+            np.take(mean.reshape(-1, mean.shape[-1]), self.cell, axis=0, out=self.actions[i])
+            action = self.actions[i, :, :act_dim]
             step_noise = noise.at(t)
             if step_noise is not None:
                 action += self.std * step_noise[r]
             np.minimum(np.maximum(action, -ACTION_LIMIT, out=action), ACTION_LIMIT, out=action)
-            x_before = task.forward_position(lane.qpos, lane.torso_xpos).copy()
+            self.positions[i] = task.forward_position(lane.qpos, lane.torso_xpos)
             if recording:
                 rows = np.flatnonzero(active) + r.start
                 out.observations[rows, t] = self.obs[active]
                 out.actions[rows, t] = action[active]
                 out.qpos[rows, t], out.qvel[rows, t] = lane.qpos[active], lane.qvel[active]
             lane.step(action, active)
-            qpos, qvel = lane.qpos, lane.qvel
-            healthy = task.healthy(np, qpos, qvel)
-            reward = task.reward(np, x_before, task.forward_position(qpos, lane.torso_xpos), action, healthy,
-                                 lane.cfrc_ext)
-            self.obs = task.observe(np, qpos, qvel, lane.cfrc_ext)
-            reward = np.where(active, reward, 0.0)
-            self.returns += reward
-            self.lengths += active
-            if recording:
-                out.rewards[r, t] = reward
+            taken = t + 1
+            self.obs = task.observe(np, lane.qpos, lane.qvel, lane.cfrc_ext)
+            if self.contact_cost is not None:
+                self.contact_cost[i] = task.contact_cost(np, lane.cfrc_ext)
+            if checks_health:
+                self.healthy[i] = healthy = task.healthy(np, lane.qpos, lane.qvel)
             if task.terminates:
+                self.lengths += active
                 term = task.terminated(np, healthy)
                 self.terminated |= active & term
                 active &= ~term
+            else:
+                self.lengths += 1
+            if i == chunk - 1:
+                self._rewards(first, chunk)
+                first = taken
+        self._rewards(first, taken - first)
+
+    def _rewards(self, first: int, steps: int) -> None:
+        """Rewards of steps ``first .. first + steps - 1``, added to the returns; zero after termination."""
+        if steps == 0:
+            return
+        lane, task = self.lane, self.lane.task
+        self.positions[steps] = task.forward_position(lane.qpos, lane.torso_xpos)
+        contact_cost = None if self.contact_cost is None else self.contact_cost[:steps]
+        rewards = task.reward(np, self.positions[:steps], self.positions[1:steps + 1],
+                              self.actions[:steps, :, :self.policies.act_dim], self.healthy[:steps], contact_cost)
+        if task.terminates:
+            rewards = np.where(np.arange(first, first + steps)[:, None] < self.lengths, rewards, 0.0)
+        for step_rewards in rewards:
+            self.returns += step_rewards
+        if self.out.rewards is not None:
+            self.out.rewards[lane.rows, first:first + steps] = rewards.T
 
 
 def run_policies(
@@ -302,7 +345,7 @@ def run_policies(
         out.qpos = np.zeros((B, horizon, m.nq))
         out.qvel = np.zeros((B, horizon, m.nv))
     noise = _Noise(action_rng, (B, m.nu))
-    runs = {id(lane): _LaneRun(lane, params, policy_index[r], std[r], obs[r], out)
+    runs = {id(lane): _LaneRun(lane, params, policy_index[r], std[r], obs[r], out, horizon)
             for lane in batch.lanes for r in [lane.rows]}
     batch._each_lane(lambda lane: runs[id(lane)].run(horizon, noise))
     batch._gather()

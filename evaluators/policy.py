@@ -42,18 +42,24 @@ class BatchedPolicies:
     OpenBLAS's matmul computes a row of a product the same whatever the other rows, as long as there
     are at least 2 rows and the column count is a multiple of 4 (narrower outputs use kernels whose
     rounding depends on the row count). So the output layer is padded with zero columns to a multiple
-    of 4 and a single row is evaluated as two: an env's actions then do not depend on its lane of the
-    native backend or on its batch-mates (``tests/test_native_speed_paths.py`` checks it bit for bit).
+    of 4 (``out_dim``) and a single row is evaluated as two: an env's actions then do not depend on its
+    lane of the native backend or on its batch-mates (``tests/test_native_speed_paths.py`` checks it
+    bit for bit).
     """
 
     def __init__(self, params: dict):
-        self.params = {k: np.asarray(v, np.float64) for k, v in params.items() if k != "log_std"}
-        last = n_layers(self.params) - 1
-        w, b = self.params[f"w{last}"], self.params[f"b{last}"]
-        self.act_dim = w.shape[-1]
+        p = {k: np.asarray(v, np.float64) for k, v in params.items() if k != "log_std"}
+        self.layers = n_layers(p)
+        last = self.layers - 1
+        self.act_dim = p[f"w{last}"].shape[-1]
         pad = -self.act_dim % 4
-        self.params[f"w{last}"] = np.concatenate([w, np.zeros(w.shape[:-1] + (pad,))], axis=-1)
-        self.params[f"b{last}"] = np.concatenate([b, np.zeros(b.shape[:-1] + (pad,))], axis=-1)
+        p[f"w{last}"] = np.concatenate([p[f"w{last}"], np.zeros(p[f"w{last}"].shape[:-1] + (pad,))], axis=-1)
+        p[f"b{last}"] = np.concatenate([p[f"b{last}"], np.zeros(p[f"b{last}"].shape[:-1] + (pad,))], axis=-1)
+        self.out_dim = self.act_dim + pad
+        # Vectors as (P, 1, dim), broadcast over a policy's rows; made once (a step's numpy calls cost).
+        self.obs_mean, self.obs_std = p["obs_mean"][:, None, :], p["obs_std"][:, None, :]
+        self.weights = [p[f"w{i}"] for i in range(self.layers)]
+        self.biases = [p[f"b{i}"][:, None, :] for i in range(self.layers)]
         self._buffers = None
 
     def mean(self, obs: np.ndarray) -> np.ndarray:
@@ -61,22 +67,25 @@ class BatchedPolicies:
         n = obs.shape[1]
         if n == 1:
             obs = np.concatenate([obs, obs], axis=1)
-        p, layers = self.params, n_layers(self.params)
-        if self._buffers is None or self._buffers[0].shape != obs.shape:  # in place: a step's numpy calls cost
-            self._buffers = [np.empty(obs.shape)] + [np.empty(obs.shape[:2] + p[f"b{i}"].shape[-1:])
-                                                      for i in range(layers)]
+        return self.padded_mean(obs)[:, :n, :self.act_dim]
+
+    def padded_mean(self, obs: np.ndarray) -> np.ndarray:
+        """(P, N, out_dim) mean actions and zero columns for N >= 2 rows per policy, in a buffer reused by
+        the next call."""
+        if self._buffers is None or self._buffers[0].shape != obs.shape:
+            self._buffers = [np.empty(obs.shape)] + [np.empty(obs.shape[:2] + b.shape[-1:]) for b in self.biases]
         x = self._buffers[0]
-        np.subtract(obs, p["obs_mean"][:, None, :], out=x)
-        np.divide(x, p["obs_std"][:, None, :], out=x)
+        np.subtract(obs, self.obs_mean, out=x)
+        np.divide(x, self.obs_std, out=x)
         np.minimum(np.maximum(x, -OBS_CLIP, out=x), OBS_CLIP, out=x)  # np.clip, without its Python layer
-        for i in range(layers):
+        for i, (w, b) in enumerate(zip(self.weights, self.biases)):
             y = self._buffers[i + 1]
-            np.matmul(x, p[f"w{i}"], out=y)
-            y += p[f"b{i}"][:, None, :]
-            if i < layers - 1:
+            np.matmul(x, w, out=y)
+            y += b
+            if i < self.layers - 1:
                 np.tanh(y, out=y)
             x = y
-        return x[:, :n, :self.act_dim]
+        return x
 
 
 def gaussian_log_prob(mean, log_std, action, xp=np):

@@ -107,14 +107,21 @@ class Task:
     def healthy(self, xp, qpos, qvel):
         return self.healthy_fn(xp, qpos, qvel)
 
-    def reward(self, xp, x_before, x_after, action, healthy, cfrc_ext):
+    def contact_cost(self, xp, cfrc_ext):
+        """Ant's penalty on the external contact forces of all bodies (clipped to ±1); 0 for the others."""
+        if not self.uses_contact_forces:
+            return 0.0
+        forces = xp.clip(cfrc_ext, -1.0, 1.0)
+        return self.contact_cost_weight * xp.sum(forces * forces, axis=(-2, -1))
+
+    def reward(self, xp, x_before, x_after, action, healthy, contact_cost):
+        """A control step's reward; ``contact_cost`` is ``self.contact_cost`` of the state after it."""
         forward = (x_after - x_before) / self.dt
         reward = forward + self.healthy_reward * healthy - self.ctrl_cost_weight * xp.sum(
             action * action, axis=-1
         )
         if self.uses_contact_forces:
-            forces = xp.clip(cfrc_ext, -1.0, 1.0)
-            reward = reward - self.contact_cost_weight * xp.sum(forces * forces, axis=(-2, -1))
+            reward = reward - contact_cost
         return reward
 
     def terminated(self, xp, healthy):

@@ -11,6 +11,7 @@ import mujoco
 import numpy as np
 import pytest
 
+from evaluators import native
 from evaluators.native import LANE_MIN_ENVS, NativeBatch, run_policies
 from evaluators.policy import ACTION_LIMIT, BatchedPolicies, init_policy, stack
 from evaluators.tasks import TASKS
@@ -58,7 +59,8 @@ def reference_run(task, params, policy_index, qpos0, qvel0, horizon, action_rng)
                 mujoco.mj_rnePostConstraint(model, datas[i])
             gather(i)
         healthy = task.healthy(np, qpos, qvel)
-        reward = task.reward(np, x_before, task.forward_position(qpos, torso), action, healthy, cfrc)
+        reward = task.reward(np, x_before, task.forward_position(qpos, torso), action, healthy,
+                             task.contact_cost(np, cfrc))
         reward = np.where(active, reward, 0.0)
         rec["rew"].append(reward.astype(np.float32))
         returns += reward
@@ -80,8 +82,13 @@ def policies(task, n, seed):
 @pytest.mark.parametrize("name", list(TASKS))
 @pytest.mark.parametrize("n_envs", [5, 2 * LANE_MIN_ENVS + 3])
 @pytest.mark.parametrize("layout", ["random", "sorted"])
-def test_run_policies_reproduces_the_reference_bit_for_bit(name, n_envs, layout):
-    """A random policy per env (as datasets do); sorted by policy (as scoring does), each lane has its own."""
+@pytest.mark.parametrize("reward_chunk", [7, 20, native.REWARD_CHUNK])
+def test_run_policies_reproduces_the_reference_bit_for_bit(name, n_envs, layout, reward_chunk, monkeypatch):
+    """A random policy per env (as datasets do); sorted by policy (as scoring does), each lane has its own.
+
+    Rewards computed 7 steps at a time (terminations inside a chunk), 20 (chunks end with the horizon)
+    and as shipped (one partial chunk)."""
+    monkeypatch.setattr(native, "REWARD_CHUNK", reward_chunk)
     task, horizon = TASKS[name], 40
     params = policies(task, 3, seed=4)
     policy_index = np.random.default_rng(1).integers(3, size=n_envs)
