@@ -55,9 +55,12 @@ class _BatchLane:
         self.qvel[ids] = qvel
         self.sim.forward(ids)
 
-    def step(self, actions: np.ndarray, active: np.ndarray) -> None:
-        """One control step of the active envs; the GIL is released while the physics runs."""
-        np.copyto(self.ctrl, actions, where=active[:, None])
+    def step(self, actions: np.ndarray, active: np.ndarray | None) -> None:
+        """One control step of the active envs (None: all); the GIL is released while the physics runs."""
+        if active is None:
+            self.ctrl[:] = actions
+        else:
+            np.copyto(self.ctrl, actions, where=active[:, None])
         self.sim.step(active, nstep=self.task.frame_skip)
 
 
@@ -94,10 +97,11 @@ class _RowLane:
             mujoco.mj_getState(m, d, self._rows[i], self.STATE)
             self.torso_xpos[i], self.cfrc_ext[i] = d.xpos[1], d.cfrc_ext
 
-    def step(self, actions: np.ndarray, active: np.ndarray) -> None:
+    def step(self, actions: np.ndarray, active: np.ndarray | None) -> None:
         m, d, frame_skip, spec, rows = self.model, self.data, self.task.frame_skip, self.STATE, self._rows
         ctrl, d_torso, d_cfrc, torso_xpos, cfrc_ext = d.ctrl, d.xpos[1], d.cfrc_ext, self.torso_xpos, self.cfrc_ext
-        for i in np.flatnonzero(active).tolist():  # Ant's Python per env-step
+        envs = range(len(rows)) if active is None else np.flatnonzero(active).tolist()
+        for i in envs:  # Ant's Python per env-step
             mujoco.mj_setState(m, d, rows[i], spec)
             ctrl[:] = actions[i]
             mujoco.mj_step(m, d, frame_skip)
@@ -280,7 +284,7 @@ class _LaneRun:
                 out.observations[rows, t] = self.obs[active]
                 out.actions[rows, t] = action[active]
                 out.qpos[rows, t], out.qvel[rows, t] = lane.qpos[active], lane.qvel[active]
-            lane.step(action, active)
+            lane.step(action, active if task.terminates else None)  # None: all, without a mask's cost
             taken = t + 1
             self.obs = task.observe(np, lane.qpos, lane.qvel, lane.cfrc_ext)
             if self.contact_cost is not None:
@@ -292,12 +296,12 @@ class _LaneRun:
                 term = task.terminated(np, healthy)
                 self.terminated |= active & term
                 active &= ~term
-            else:
-                self.lengths += 1
             if i == chunk - 1:
                 self._rewards(first, chunk)
                 first = taken
         self._rewards(first, taken - first)
+        if not task.terminates:
+            self.lengths[:] = taken
 
     def _rewards(self, first: int, steps: int) -> None:
         """Rewards of steps ``first .. first + steps - 1``, added to the returns; zero after termination."""
