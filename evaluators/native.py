@@ -99,7 +99,8 @@ class _RowLane:
 
     def step(self, actions: np.ndarray, active: np.ndarray | None) -> None:
         m, d, frame_skip, spec, rows = self.model, self.data, self.task.frame_skip, self.STATE, self._rows
-        ctrl, d_torso, d_cfrc, torso_xpos, cfrc_ext = d.ctrl, d.xpos[1], d.cfrc_ext, self.torso_xpos, self.cfrc_ext
+        ctrl, d_torso, d_cfrc = d.ctrl, d.xpos[1], d.cfrc_ext
+        torso_xpos, cfrc_ext = self.torso_xpos, self.cfrc_ext
         envs = range(len(rows)) if active is None else np.flatnonzero(active).tolist()
         for i in envs:  # Ant's Python per env-step
             mujoco.mj_setState(m, d, rows[i], spec)
@@ -264,7 +265,8 @@ class _LaneRun:
         lane, task, out, r, active = self.lane, self.lane.task, self.out, self.lane.rows, self.active
         recording = out.observations is not None
         checks_health = task.terminates or task.healthy_reward != 0
-        grid_rows, act_dim, chunk = self.grid.reshape(-1, self.grid.shape[-1]), self.policies.act_dim, len(self.actions)
+        grid_rows = self.grid.reshape(-1, self.grid.shape[-1])
+        act_dim, chunk = self.policies.act_dim, len(self.actions)
         first = taken = 0  # the current chunk's first step, the steps taken
         for t in range(horizon):
             if task.terminates and not active.any():
@@ -310,8 +312,9 @@ class _LaneRun:
         lane, task = self.lane, self.lane.task
         self.positions[steps] = task.forward_position(lane.qpos, lane.torso_xpos)
         contact_cost = None if self.contact_cost is None else self.contact_cost[:steps]
-        rewards = task.reward(np, self.positions[:steps], self.positions[1:steps + 1],
-                              self.actions[:steps, :, :self.policies.act_dim], self.healthy[:steps], contact_cost)
+        actions = self.actions[:steps, :, :self.policies.act_dim]
+        rewards = task.reward(np, self.positions[:steps], self.positions[1:steps + 1], actions,
+                              self.healthy[:steps], contact_cost)
         if task.terminates:
             rewards = np.where(np.arange(first, first + steps)[:, None] < self.lengths, rewards, 0.0)
         for step_rewards in rewards:

@@ -73,7 +73,8 @@ class BatchedPolicies:
         """(P, N, out_dim) mean actions and zero columns for N >= 2 rows per policy, in a buffer reused by
         the next call."""
         if self._buffers is None or self._buffers[0].shape != obs.shape:
-            self._buffers = [np.empty(obs.shape)] + [np.empty(obs.shape[:2] + b.shape[-1:]) for b in self.biases]
+            self._buffers = [np.empty(obs.shape)]
+            self._buffers += [np.empty(obs.shape[:2] + b.shape[-1:]) for b in self.biases]
         x = self._buffers[0]
         np.subtract(obs, self.obs_mean, out=x)
         np.divide(x, self.obs_std, out=x)

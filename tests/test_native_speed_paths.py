@@ -1,8 +1,10 @@
 """The native backend's fast paths (batched physics, two lanes, a helper thread) change no result.
 
 ``reference_run`` is the plain algorithm: one ``MjData`` per env stepped in a Python loop, the
-policies of all envs evaluated in one call per control step, noise for all envs drawn at once. ``run_policies`` must reproduce it bit for bit (datasets are content-hashed):
-returns, lengths, terminations, every recorded array and the generator's state afterwards.
+policies of all envs evaluated in one call per control step, noise for all envs drawn at once, the
+reward of every step computed after it. ``run_policies`` must reproduce it bit for bit (datasets are
+content-hashed): returns, lengths, terminations, every recorded array and the generator's state
+afterwards.
 """
 
 from __future__ import annotations
