@@ -358,6 +358,7 @@ def build(task: Task, variant: str | Variant, seed: int = 0, config: DatasetConf
     tmp = f"{path}.tmp-{os.getpid()}"
     try:
         save_file(arrays, tmp, metadata=meta)
+        os.chmod(tmp, 0o644)  # as policy checkpoints: safetensors writes 0600, and a cache may be shared
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):

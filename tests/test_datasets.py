@@ -24,6 +24,7 @@ def test_same_arguments_give_byte_identical_files(tmp_path):
     assert open(a.path, "rb").read() == open(b.path, "rb").read()
     c = D.build(HOPPER, "noisy:0.2", seed=4, config=SMALL, cache=str(tmp_path / "a"))
     assert c.content_hash != a.content_hash
+    assert os.stat(a.path).st_mode & 0o777 == 0o644, "a cache file is readable by the other users of a cache"
 
 
 def test_cache_hit_returns_same_content(cache):
