@@ -2,9 +2,10 @@
 
 Prints one JSON object. Per task:
 
-- ``native``: env-steps/s of ``evaluators.native.run_policies`` (``mujoco.batch`` simulations plus
-  numpy inference of a batch of Gaussian MLP policies at every control step, two lanes overlapping
-  physics and Python), and ``native_one_lane`` the same with one lane (no overlap);
+- ``native``: env-steps/s of ``evaluators.native.run_policies`` (``mujoco.batch`` simulations, or for Ant
+  state rows stepped on one ``MjData`` per lane, plus numpy inference of a batch of Gaussian MLP
+  policies at every control step, two lanes overlapping physics and Python), and ``native_one_lane``
+  the same with one lane (no overlap);
 - ``open_loop``: ``mujoco.rollout`` of the same model from the same start states with the controls
   the closed loop produced (recorded as float32), on the same number of threads: the same physics
   work with no policy in the loop. ``ratio`` = native / open loop, the fraction of raw simulator throughput
