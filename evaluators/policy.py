@@ -53,8 +53,9 @@ class BatchedPolicies:
         last = self.layers - 1
         self.act_dim = p[f"w{last}"].shape[-1]
         pad = -self.act_dim % 4
-        p[f"w{last}"] = np.concatenate([p[f"w{last}"], np.zeros(p[f"w{last}"].shape[:-1] + (pad,))], axis=-1)
-        p[f"b{last}"] = np.concatenate([p[f"b{last}"], np.zeros(p[f"b{last}"].shape[:-1] + (pad,))], axis=-1)
+        w, b = p[f"w{last}"], p[f"b{last}"]
+        p[f"w{last}"] = np.concatenate([w, np.zeros(w.shape[:-1] + (pad,))], axis=-1)
+        p[f"b{last}"] = np.concatenate([b, np.zeros(b.shape[:-1] + (pad,))], axis=-1)
         self.out_dim = self.act_dim + pad
         # Vectors as (P, 1, dim), broadcast over a policy's rows; made once (a step's numpy calls cost).
         self.obs_mean, self.obs_std = p["obs_mean"][:, None, :], p["obs_std"][:, None, :]
