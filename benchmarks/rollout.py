@@ -11,7 +11,9 @@ Prints one JSON object. Per task:
   work with no policy in the loop. ``ratio`` = native / open loop, the fraction of raw simulator throughput
   the closed loop keeps (best of ``--repeats`` interleaved runs, so both see the same contention);
   ``cpu_ratio`` = open-loop CPU seconds / native CPU seconds (all threads, best runs), which other
-  processes on the machine disturb less than wall-clock time;
+  processes on the machine disturb less than wall-clock time; ``ratio_one_thread`` = the same ratio for
+  the first half of the batch on one thread each side (one lane): no core is shared, so it moves less from
+  run to run than ``ratio`` and shows the closed loop's own Python cost;
 - ``mjx``: ``mjx_run_policies`` at a small batch on the default JAX device, throughput without
   compilation, cold compile time (a fresh JAX cache directory unless ``--jax-cache project``) and
   the time to load the same executable from the persistent cache;
@@ -76,7 +78,9 @@ def native_vs_open_loop(task, batch: int, steps: int, threads: int, repeats: int
 
     params = policies(task, N_POLICIES)
     qpos, qvel, idx = start_states(task, batch)
-    wall, cpu = {"native": [], "native_one_lane": [], "open_loop": []}, {"native": [], "open_loop": []}
+    half = max(1, batch // 2)
+    wall = {k: [] for k in ("native", "native_one_lane", "open_loop", "native_one_thread", "open_loop_one_thread")}
+    cpu = {"native": [], "open_loop": []}
 
     def timed(kind, f):
         w, c = time.perf_counter(), time.process_time()
@@ -85,7 +89,8 @@ def native_vs_open_loop(task, batch: int, steps: int, threads: int, repeats: int
         if kind in cpu:
             cpu[kind].append(time.process_time() - c)
 
-    with NativeBatch(task, batch, threads) as nb, NativeBatch(task, batch, threads, lanes=1) as one:
+    with NativeBatch(task, batch, threads) as nb, NativeBatch(task, batch, threads, lanes=1) as one, \
+            NativeBatch(task, half, 1) as single:
         for b in (nb, one):
             run_policies(b, params, idx, qpos, qvel, min(steps, 5))  # warm up threads and numpy
         recorded = run_policies(nb, params, idx, qpos, qvel, steps, record=True)
@@ -95,12 +100,18 @@ def native_vs_open_loop(task, batch: int, steps: int, threads: int, repeats: int
         states, control = open_loop_inputs(task, model, qpos, qvel, controls)
         datas = [mujoco.MjData(model) for _ in range(threads)]
         out = np.empty((batch, control.shape[1], states.shape[1]))
+        # An env's actions do not depend on its batch-mates, so the first half replays the same controls.
+        first = slice(0, half)
         for _ in range(repeats):
             timed("native", lambda: run_policies(nb, params, idx, qpos, qvel, steps))
             timed("open_loop", lambda: rollout.rollout(model, datas, states, control, state=out))
             timed("native_one_lane", lambda: run_policies(one, params, idx, qpos, qvel, steps))
+            timed("native_one_thread",
+                  lambda: run_policies(single, params, idx[first], qpos[first], qvel[first], steps))
+            timed("open_loop_one_thread",
+                  lambda: rollout.rollout(model, datas[:1], states[first], control[first], state=out[first]))
         lanes = len(nb.lanes)
-    rate = {k: batch * steps / min(v) for k, v in wall.items()}
+    rate = {k: (half if k.endswith("one_thread") else batch) * steps / min(v) for k, v in wall.items()}
     return {
         "batch": batch, "steps": steps, "threads": threads, "policies": N_POLICIES, "repeats": repeats,
         "lanes": lanes,
@@ -110,6 +121,7 @@ def native_vs_open_loop(task, batch: int, steps: int, threads: int, repeats: int
         "open_loop_physics_steps_per_s": round(rate["open_loop"] * task.frame_skip),
         "ratio": round(rate["native"] / rate["open_loop"], 3),
         "ratio_one_lane": round(rate["native_one_lane"] / rate["open_loop"], 3),
+        "ratio_one_thread": round(rate["native_one_thread"] / rate["open_loop_one_thread"], 3),
         "cpu_ratio": round(min(cpu["open_loop"]) / min(cpu["native"]), 3),
         **{f"{k}_s": [round(t, 3) for t in v] for k, v in wall.items()},
     }
