@@ -94,3 +94,39 @@ def bench(preset: str | BenchPreset = "quick", cache: str | None = None, on_even
 def export(spec: str | Objective, fmt: str = "torch") -> str:
     """A loss as standalone code for your own trainer: ``torch``, ``jax``, ``latex`` or ``sympy``."""
     return export_objective(loss(spec), fmt)
+
+
+def transfer(spec: str | Objective, variant: str = "clean", *, baselines: tuple[str, ...] | None = None,
+             archive: str | None = None, preset: str = "full", workers: int | None = None, cache: str | None = None,
+             on_event=None) -> dict:
+    """The loss on the language suite (task ``lm``), trained through TRL's `DPOTrainer` beside pi_ref, the
+    ceiling, the tuned reported losses and its own label-shuffled twin, paired (`discover transfer`).
+
+    ``spec``: a zoo name, an expression, an ``Objective`` or, with ``archive``, a candidate id ("42" or "#42").
+    Returns the report (rows with score, CI, paired differences, gold reward, win rate and KL; the best-of-N
+    curve); `evaluators.language.transfer.markdown` / ``plot`` render it."""
+    from evaluators.language.data import parse_lm_variant
+    from evaluators.language.suite import LM_SUITE, REPORTED_LOSSES, TINY
+    from evaluators.language.transfer import transfer as run_transfer
+
+    if preset not in ("full", "tiny"):
+        raise ValueError(f"unknown preset {preset!r}; use full or tiny")
+    parse_lm_variant(variant)
+    objective = resolve(spec, archive)
+    label = objective.name if objective.name in ZOO and ZOO[objective.name].objective == objective else (
+        f"#{str(spec).lstrip('#')}" if isinstance(spec, str) and str(spec).lstrip("#").isdigit() else objective.name)
+    return run_transfer(objective, label, variant, LM_SUITE if preset == "full" else TINY,
+                        baselines=REPORTED_LOSSES if baselines is None else tuple(baselines), cache=cache,
+                        workers=workers, on_event=on_event)
+
+
+def resolve(spec: str | Objective, archive: str | None = None) -> Objective:
+    """A zoo name, an archive id ("42" / "#42", with ``archive``), an expression or an ``Objective``."""
+    if isinstance(spec, str) and spec.lstrip("#").isdigit() and spec.lstrip("#"):
+        import os
+
+        if not archive or not os.path.exists(archive):
+            raise ValueError(f"no archive at {archive}; pass --archive to look up id {spec}")
+        with ArchiveStore(archive, readonly=True) as store:
+            return store.candidate(int(spec.lstrip("#")))["objective"]
+    return loss(spec, "custom_loss")

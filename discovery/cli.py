@@ -576,8 +576,10 @@ def _resolve_objective(target: str, archive: str):
 
 
 from discovery.cli_archive import archive_app  # noqa: E402
+from discovery.cli_language import transfer  # noqa: E402
 
 app.add_typer(archive_app, name="archive")
+app.command("transfer")(transfer)
 
 
 def main():  # pragma: no cover - console entry

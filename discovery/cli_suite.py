@@ -39,7 +39,8 @@ def show():
 @suite_app.command("check")
 @user_errors
 def check(
-    task: list[str] = typer.Option(None, "--task", help="task(s) to check (repeatable; default: the default suite)"),
+    task: list[str] = typer.Option(None, "--task", help="task(s) to check (repeatable; default: the default suite); "
+                                   "lm: the language suite (variants clean, noisy:0.2 by default)"),
     variant: list[str] = typer.Option(None, "--variant", help="variant(s) (repeatable; default clean, noisy:0.2, mixed)"),
     as_json: bool = typer.Option(False, "--json", help="print the report as JSON on stdout"),
     out: str = typer.Option("suite-check", "--out", help="folder for suite_check.md and suite_check.json"),
@@ -49,6 +50,12 @@ def check(
     from evaluators.suite import (DEFAULT_TASKS, DEFAULT_VARIANTS, check as run_check, report_json,
                                   report_markdown, task_suite, verdict)
 
+    if task and "lm" in task:
+        if len(task) > 1:
+            raise ValueError("--task lm: check the language suite on its own (its variants and gates differ)")
+        from discovery.cli_language import check_lm
+
+        return check_lm(tuple(variant or ()), out, as_json)
     tasks = tuple(task or DEFAULT_TASKS)
     variants = tuple(variant or DEFAULT_VARIANTS)
     for t in tasks:
