@@ -286,7 +286,8 @@ def run(
     allow_non_monotone: bool = typer.Option(False, "--allow-non-monotone",
                                             help="also search losses that are not monotone in the preferences"),
     holdout: list[str] = typer.Option(None, help="TASK:VARIANT scored only in the final report, in its own "
-                                                 "column (repeatable; e.g. hopper:noisy:0.2)"),
+                                                 "column (repeatable; e.g. hopper:noisy:0.2, or lm:clean for "
+                                                 "the language suite, trained through TRL)"),
     report_baselines: str = typer.Option("tuned", help="baselines of the final report: tuned (the suite's "
                                                        "tuned settings, tuned once per task x variant) or default"),
     seed: int = typer.Option(0, help="seed of the whole search"),

@@ -195,10 +195,34 @@ def parse_holdout(spec: str) -> tuple[str, str]:
     """"task:variant" (the variant may hold colons, e.g. walker2d:noisy:0.2) -> (task, variant), checked."""
     task, sep, variant = spec.partition(":")
     if not sep or not variant:
-        raise ValueError(f"{spec!r} is not TASK:VARIANT (e.g. walker2d:noisy:0.2)")
+        raise ValueError(f"{spec!r} is not TASK:VARIANT (e.g. walker2d:noisy:0.2, lm:clean)")
+    if task == LM_TASK:
+        from evaluators.language.data import parse_lm_variant
+
+        if parse_lm_variant(variant).shuffled:
+            raise ValueError(f"{spec!r}: the shuffled twins are trained beside every finalist; give the variant alone")
+        return task, variant
     task_suite(task)
     parse_variant(variant)
     return task, variant
+
+
+LM_TASK = "lm"
+
+
+def language_table(settings: list[Setting], names: tuple[str, ...], mode: str, variant: str, protocol, on_event):
+    """The language suite as a held-out column: the finalists (each at the learning rate of the language grid
+    that scores best on the validation data seed, constants as found) with their shuffled twins, and the
+    reported losses (tuned on the language suite, or at its default learning rate), paired over the units."""
+    from evaluators.language import suite as lm
+
+    finalists = [lm.tune_lr(s.label, s.objective, variant, on_event=on_event) for s in settings]
+    if mode == "tuned":
+        base = lm.tuned_baselines(variant, names, on_event=on_event)
+    else:
+        base = [Setting(f"{n} (default)", ZOO[n].objective, lm.LM_SUITE.default_lr, 0) for n in names]
+    return lm.score_settings(finalists + base, variant, TEST_DATA_SEED, protocol,
+                             shuffled_control=tuple(s.label for s in finalists), on_event=on_event)
 
 
 def _from_dict(cls, data: Mapping):
@@ -577,13 +601,19 @@ class Search:
         names = tuple(n for n in REPORTED_LOSSES if not cfg.baselines or n in cfg.baselines)
         main = self.evaluator.combos(fresh=True, seeds=cfg.fresh_seeds)
         holdouts = [fc.combo(*parse_holdout(h), TEST_DATA_SEED, main[0].protocol, self.evaluator.cache, self.on_event)
-                    for h in cfg.holdouts]
+                    for h in cfg.holdouts if parse_holdout(h)[0] != LM_TASK]
         tables = []
         for combo in main + holdouts:
             self.on_event(f"final report: {combo.name} (test data), {len(settings)} finalists with their "
                           f"shuffled controls and the {cfg.report_baselines} baselines")
             base = baseline_settings(names, cfg.report_baselines, combo.task.name, combo.variant.spec, fc.train)
             tables.append(score_with_controls(combo, settings, base, fc.train, batch=fc.batch, backend=fc.backend))
+        for h in cfg.holdouts:
+            task, variant = parse_holdout(h)
+            if task == LM_TASK:
+                self.on_event(f"final report: lm {variant} (test data), {len(settings)} finalists trained through TRL")
+                tables.append(language_table(settings, names, cfg.report_baselines, variant, main[0].protocol,
+                                             self.on_event))
         labels = [f"{n} ({cfg.report_baselines})" for n in names]
         report = build_report(finalists, labels, tables[:len(main)], tables[len(main):],
                               main[0].protocol.describe(), cfg.report_baselines,

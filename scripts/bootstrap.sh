@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Create .venv (once) and install MPO Discover with its test and torch extras into it.
+# Create .venv (once) and install MPO Discover with its test, torch and lm (transformers, TRL) extras into it.
 # PyTorch is installed first as the CPU build so that no CUDA wheels are pulled in.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -9,4 +9,4 @@ if [ ! -x .venv/bin/python ]; then
 fi
 .venv/bin/python -m pip install -q --upgrade pip
 .venv/bin/python -m pip show torch >/dev/null 2>&1 || .venv/bin/python -m pip install -q "torch==2.13.0"
-.venv/bin/python -m pip install -q -e ".[test,torch]"
+.venv/bin/python -m pip install -q -e ".[test,torch,lm]"
