@@ -21,12 +21,12 @@ import time
 import numpy as np
 
 
-def lm_column(variant: str, workers: int | None, on_event) -> dict:
+def lm_column(variant: str, tuned_on: str, workers: int | None, on_event) -> dict:
     from evaluators.language import suite as lm
     from evaluators.protocol import FRESH, TEST_DATA_SEED
 
     t0 = time.time()
-    best = lm.tune(variant, tuple(lm.ZOO), workers=workers, on_event=on_event)
+    best = lm.tune(tuned_on, tuple(lm.ZOO), workers=workers, on_event=on_event)
     tuned_s = time.time() - t0
     settings = [lm.tuned_setting(n, best[n]) for n in lm.ZOO if n in best]
     t1 = time.time()
@@ -39,17 +39,17 @@ def lm_column(variant: str, workers: int | None, on_event) -> dict:
     rows["oracle"] = {"units": table.unit_scores("oracle").tolist(), "kl": table.figure("oracle", "kl"),
                       "final_kl": table.figure("oracle", "kl", "final"), "gold": table.figure("oracle", "gold"),
                       "win": table.figure("oracle", "win"), "setting": "SFT on best-of-N"}
-    return {"rows": rows, "tuning_s": tuned_s, "zoo_x_5_seeds_s": time.time() - t1}
+    return {"rows": rows, "tuned_on": tuned_on, "tuning_s": tuned_s, "zoo_x_5_seeds_s": time.time() - t1}
 
 
-def mujoco_column(task: str, variant: str, on_event) -> dict:
+def mujoco_column(task: str, variant: str, tuned_on: str, on_event) -> dict:
     from evaluators.protocol import FRESH, TEST_DATA_SEED, Combo, score_with_controls
     from evaluators.suite import task_suite, tune, tuned_setting
     from grammar.zoo import ZOO
 
     suite = task_suite(task)
     t0 = time.time()
-    best = tune(task, variant, names=tuple(ZOO), on_event=on_event)
+    best = tune(task, tuned_on, names=tuple(ZOO), on_event=on_event)
     tuned_s = time.time() - t0
     settings = [tuned_setting(n, best[n]) for n in ZOO if n in best]
     t1 = time.time()
@@ -59,7 +59,7 @@ def mujoco_column(task: str, variant: str, on_event) -> dict:
             for s in settings}
     rows["pi_ref"] = {"units": table.unit_scores("pi_ref").tolist()}
     rows["oracle"] = {"units": table.unit_scores("oracle").tolist()}
-    return {"rows": rows, "tuning_s": tuned_s, "zoo_x_5_seeds_s": time.time() - t1}
+    return {"rows": rows, "tuned_on": tuned_on, "tuning_s": tuned_s, "zoo_x_5_seeds_s": time.time() - t1}
 
 
 def spearman(x, y) -> float:
@@ -100,7 +100,8 @@ def combine(variant: str, lm: dict, mj: dict) -> dict:
                       "lm_setting": lm["rows"][n]["setting"], "mujoco": float(mj_m), "mujoco_ci95": float(mj_ci),
                       "mujoco_setting": mj["rows"][n]["setting"]})
     table.sort(key=lambda r: -r["lm"])
-    return {"variant": variant, "losses": len(names), "spearman": spearman(lm_units.mean(1), mj_units.mean(1)),
+    return {"variant": variant, "tuned_on": {"lm": lm.get("tuned_on", variant), "mujoco": mj.get("tuned_on", variant)},
+            "losses": len(names), "spearman": spearman(lm_units.mean(1), mj_units.mean(1)),
             "ci95": bootstrap(lm_units, mj_units),
             "lm_score_vs_kl_spearman": spearman(lm_units.mean(1), [lm["rows"][n]["final_kl"] for n in names]),
             "lm_score_vs_budget_kl_spearman": spearman(lm_units.mean(1), [lm["rows"][n]["kl"] for n in names]),
@@ -116,7 +117,7 @@ def markdown(results: list[dict]) -> str:
     lines = []
     for r in results:
         ci = r["ci95"]
-        lines += [f"### {r['variant']}: Spearman {r['spearman']:+.2f} over {r['losses']} losses "
+        lines += [f"### {r['variant']} (zoo tuned on {r['tuned_on']['lm']}): Spearman {r['spearman']:+.2f} over {r['losses']} losses "
                   f"(95% CI {ci['resampling_losses'][0]:+.2f} to {ci['resampling_losses'][1]:+.2f} resampling losses, "
                   f"{ci['resampling_seed_units'][0]:+.2f} to {ci['resampling_seed_units'][1]:+.2f} resampling seed units); "
                   f"language score vs KL at the end of training: {r['lm_score_vs_kl_spearman']:+.2f}", "",
@@ -137,6 +138,7 @@ def main():
     ap.add_argument("--task", default="halfcheetah")
     ap.add_argument("--domains", nargs="+", default=["lm", "mujoco"], choices=["lm", "mujoco"])
     ap.add_argument("--workers", type=int, default=None)
+    ap.add_argument("--tuned-on", default=None, help="tune on this variant (default: the scored variant itself)")
     ap.add_argument("--save", default="runs/proxy")
     ap.add_argument("--reuse", action="store_true", help="reuse a domain's stored table")
     ap.add_argument("--markdown", default=None)
@@ -152,7 +154,9 @@ def main():
                 with open(path) as f:
                     columns[domain] = json.load(f)
             elif domain in args.domains:
-                columns[domain] = lm_column(v, args.workers, log) if domain == "lm" else mujoco_column(args.task, v, log)
+                tuned_on = args.tuned_on or v
+                columns[domain] = (lm_column(v, tuned_on, args.workers, log) if domain == "lm"
+                                   else mujoco_column(args.task, v, tuned_on, log))
                 with open(path, "w") as f:
                     json.dump(columns[domain], f)
         if len(columns) == 2:

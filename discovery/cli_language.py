@@ -87,8 +87,7 @@ def transfer(
 def check_lm(variants: tuple[str, ...], out: str, as_json: bool) -> None:
     """`discover suite check --task lm`: the language suite's gates per variant."""
     from evaluators.language.data import parse_lm_variant
-    from evaluators.language.suite import check_variant
-    from evaluators.suite import report_markdown, verdict
+    from evaluators.language.suite import check_variant, report_markdown
 
     variants = variants or LM_DEFAULT_VARIANTS
     for v in variants:
@@ -108,14 +107,10 @@ def check_lm(variants: tuple[str, ...], out: str, as_json: bool) -> None:
     if as_json:
         typer.echo(json.dumps(data, indent=1))
         return
+    from discovery.cli_suite import gates_table
+
     for r in reports:
-        table = Table(title=f"lm {r.variant}")
-        for column in ("gate", "figure", "threshold", "verdict", "detail"):
-            table.add_column(column)
-        for g in r.gates:
-            table.add_row(g.name, "-" if g.figure is None else f"{g.figure:.2f}", g.threshold, verdict(g.passed),
-                          g.detail, style={True: "green", False: "red", None: None}[g.passed])
-        console.print(table)
+        console.print(gates_table(r))
         scores = Table(title=f"lm {r.variant}: scores (0 = pi_ref, 100 = best-of-N at the KL budget; test data seed)")
         for column in ("policy", "score", "gold", "win rate", "KL budget/end", "- pi_ref", "- shuffled"):
             scores.add_column(column, justify="left" if column == "policy" else "right")

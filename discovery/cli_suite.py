@@ -14,6 +14,19 @@ suite_app = typer.Typer(help="The diagnostic suite: its tasks and datasets, and 
                         no_args_is_help=True)
 
 
+def gates_table(report) -> Table:
+    """One variant report's gates: figure, threshold, verdict (green pass, red FAIL) and detail."""
+    from evaluators.suite import verdict
+
+    table = Table(title=f"{report.task} {report.variant}")
+    for column in ("gate", "figure", "threshold", "verdict", "detail"):
+        table.add_column(column)
+    for g in report.gates:
+        table.add_row(g.name, "-" if g.figure is None else f"{g.figure:.2f}", g.threshold, verdict(g.passed), g.detail,
+                      style={True: "green", False: "red", None: None}[g.passed])
+    return table
+
+
 @suite_app.command("show")
 @user_errors
 def show():
@@ -34,6 +47,13 @@ def show():
                       f"{s.train.steps} steps, lr {s.train.lr:g}", s.excluded or "")
     console.print(table)
     console.print(f"variants: {', '.join(DEFAULT_VARIANTS)} (each with its +shuffled control)\nprotocol: {FRESH.describe()}")
+    try:
+        from evaluators.language.suite import describe
+    except ImportError as e:  # the lm extra is not installed
+        console.print(f"lm (the language suite): needs the lm extra ({e.name} is missing)", highlight=False)
+        return
+    console.print(f"lm (the language suite, `discover suite check --task lm`, `discover transfer`): variants clean, "
+                  f"noisy:p, mixed; {describe(FRESH)}", highlight=False)
 
 
 @suite_app.command("check")
@@ -48,7 +68,7 @@ def check(
     """Validity report: every gate per task x variant with its figure, threshold and verdict."""
     from evaluators.datasets import parse_variant
     from evaluators.suite import (DEFAULT_TASKS, DEFAULT_VARIANTS, check as run_check, report_json,
-                                  report_markdown, task_suite, verdict)
+                                  report_markdown, task_suite)
 
     if task and "lm" in task:
         if len(task) > 1:
@@ -82,14 +102,7 @@ def check(
         typer.echo(json.dumps(data, indent=1))
         return
     for r in reports:
-        table = Table(title=f"{r.task} {r.variant}")
-        for column in ("gate", "figure", "threshold", "verdict", "detail"):
-            table.add_column(column)
-        for g in r.gates:
-            figure = "-" if g.figure is None else f"{g.figure:.2f}"
-            style = {True: "green", False: "red", None: None}[g.passed]
-            table.add_row(g.name, figure, g.threshold, verdict(g.passed), g.detail, style=style)
-        console.print(table)
+        console.print(gates_table(r))
         scores = Table(title=f"{r.task} {r.variant}: scores (normalised, test data seed, fresh seeds)")
         for column in ("policy", "score", "ranking acc.", "- pi_ref (paired)", "- shuffled (paired)"):
             scores.add_column(column, justify="right" if column != "policy" else "left")

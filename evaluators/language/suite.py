@@ -487,3 +487,22 @@ def describe(protocol: Protocol, suite: LMSuite = LM_SUITE) -> str:
 def mean_ci(values) -> tuple[float, float]:
     m, c = mean_ci95(np.asarray(values, float))
     return float(m), float(c)
+
+
+def report_markdown(reports, protocol: Protocol = FRESH, suite: LMSuite = LM_SUITE) -> str:
+    """The language suite's check as Markdown: gates, then every scored policy with its paired differences."""
+    from evaluators.suite import verdict
+
+    fmt = lambda x: "-" if x is None or not np.isfinite(x) else f"{x:.2f}"  # noqa: E731
+    pm = lambda p: "-" if p is None else f"{p[0]:+.1f} ± {p[1]:.1f}"  # noqa: E731
+    lines = [f"Protocol: {describe(protocol, suite)}.", ""]
+    for r in reports:
+        lines += [f"### lm {r.variant}", "", "| gate | figure | threshold | verdict | detail |", "|---|---|---|---|---|"]
+        lines += [f"| {g.name} | {fmt(g.figure)} | {g.threshold} | {verdict(g.passed)} | {g.detail} |" for g in r.gates]
+        lines += ["", "| policy | score | gold @ budget | win rate | KL @ budget / end | − pi_ref | − shuffled |",
+                  "|---|---|---|---|---|---|---|"]
+        lines += [f"| {row['label']} | {row['mean']:.1f} ± {fmt(row['ci95'])} | {row['gold']:.2f} | {row['win']:.2f} | "
+                  f"{row['kl']:.2f} / {row['final_kl']:.2f} | {pm(row.get('minus_pi_ref'))} | {pm(row.get('minus_shuffled'))} |"
+                  for row in r.rows]
+        lines.append("")
+    return "\n".join(lines)
