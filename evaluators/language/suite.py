@@ -434,9 +434,9 @@ def check_variant(variant: str, suite: LMSuite = LM_SUITE, protocol: Protocol = 
         row = table.row(label)
         row.update({k: table.figure(label, k) for k in ("gold", "win", "kl")})
         row["final_kl"] = table.figure(label, "kl", "final")
-        if label not in ("pi_ref", ORACLE):
+        if label != "pi_ref":
             row["minus_pi_ref"] = table.paired(label, "pi_ref")
-            if not label.endswith(SHUFFLED):
+            if label != ORACLE and not label.endswith(SHUFFLED):
                 row["minus_shuffled"] = table.paired(label, label + SHUFFLED)
         rows.append(row)
     first = table.details[table.labels[0]]
