@@ -9,6 +9,7 @@ import re
 import time
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from discovery.ui import console, user_errors
@@ -76,7 +77,7 @@ def transfer(
     for column in ("policy", "score", "gold @ budget", "win rate", "KL budget/end", "- pi_ref", "loss - this"):
         table.add_column(column, justify="left" if column == "policy" else "right")
     for r in rep["rows"]:
-        table.add_row(r["label"], f"{r['score'][0]:.1f} ± {r['score'][1]:.1f}", f"{r['gold']:.2f}", f"{r['win']:.2f}",
+        table.add_row(escape(r["label"]), f"{r['score'][0]:.1f} ± {r['score'][1]:.1f}", f"{r['gold']:.2f}", f"{r['win']:.2f}",
                       f"{r['kl']:.2f}/{r['final_kl']:.2f}", _pm(r.get("minus_pi_ref")), _pm(r.get("loss_minus_this")),
                       style="bold" if r["kind"] == "loss" else None)
     console.print(table)
@@ -115,7 +116,7 @@ def check_lm(variants: tuple[str, ...], out: str, as_json: bool) -> None:
         for column in ("policy", "score", "gold", "win rate", "KL budget/end", "- pi_ref", "- shuffled"):
             scores.add_column(column, justify="left" if column == "policy" else "right")
         for row in r.rows:
-            scores.add_row(row["label"], f"{row['mean']:.1f} ± {row['ci95']:.1f}", f"{row['gold']:.2f}",
+            scores.add_row(escape(row["label"]), f"{row['mean']:.1f} ± {row['ci95']:.1f}", f"{row['gold']:.2f}",
                            f"{row['win']:.2f}", f"{row['kl']:.2f}/{row['final_kl']:.2f}", _pm(row.get("minus_pi_ref")),
                            _pm(row.get("minus_shuffled")))
         console.print(scores)

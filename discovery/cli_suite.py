@@ -6,6 +6,7 @@ import json
 import os
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from discovery.ui import console, user_errors
@@ -108,7 +109,7 @@ def check(
             scores.add_column(column, justify="right" if column != "policy" else "left")
         for row in r.rows:
             pm = lambda p: "-" if p is None else f"{p[0]:+.1f} ± {p[1]:.1f}"
-            scores.add_row(row["label"], f"{row['mean']:.1f} ± {row['ci95']:.1f}",
+            scores.add_row(escape(row["label"]), f"{row['mean']:.1f} ± {row['ci95']:.1f}",
                            "-" if row["ranking_accuracy"] != row["ranking_accuracy"] else f"{row['ranking_accuracy']:.2f}",
                            pm(row.get("minus_pi_ref")), pm(row.get("minus_shuffled")))
         console.print(scores)
