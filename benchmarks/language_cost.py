@@ -60,6 +60,9 @@ def main():
                                                                  max_steps=64, learning_rate=1e-4),
                                              loss_fn=module.loss, loss_kwargs=dict(module.CONSTANTS))
             construct.append(time.perf_counter() - t)
+            from transformers import PrinterCallback
+
+            trainer.remove_callback(PrinterCallback)
             t = time.perf_counter()
             trainer.train()
             per_step.append((time.perf_counter() - t) / 64)
