@@ -24,11 +24,12 @@ import numpy as np
 def lm_column(variant: str, tuned_on: str, workers: int | None, on_event) -> dict:
     from evaluators.language import suite as lm
     from evaluators.protocol import FRESH, TEST_DATA_SEED
+    from grammar.zoo import ZOO
 
     t0 = time.time()
-    best = lm.tune(tuned_on, tuple(lm.ZOO), workers=workers, on_event=on_event)
+    best = lm.tune(tuned_on, tuple(ZOO), workers=workers, on_event=on_event)
     tuned_s = time.time() - t0
-    settings = [lm.tuned_setting(n, best[n]) for n in lm.ZOO if n in best]
+    settings = [lm.tuned_setting(n, best[n]) for n in ZOO if n in best]
     t1 = time.time()
     table = lm.score_settings(settings, variant, TEST_DATA_SEED, FRESH, shuffled_control=False, oracle=True,
                               workers=workers, on_event=on_event)
@@ -63,9 +64,9 @@ def mujoco_column(task: str, variant: str, tuned_on: str, on_event) -> dict:
 
 
 def spearman(x, y) -> float:
-    from scipy.stats import spearmanr
+    from evaluators.language.suite import spearman as rank_correlation
 
-    return float(spearmanr(x, y).statistic)
+    return rank_correlation(x, y)
 
 
 def bootstrap(lm_units: np.ndarray, mj_units: np.ndarray, draws: int = 2000, seed: int = 0) -> dict:

@@ -42,10 +42,9 @@ from evaluators.language.training import LMTrain, RunResult
 from evaluators.paths import cache_root
 from evaluators.protocol import FRESH, SHUFFLED, TEST_DATA_SEED, TUNING, VALIDATION_DATA_SEED, Protocol, \
     ScoreTable, Setting
-from evaluators.scoring import mean_ci95
 from grammar.export import export
 from grammar.objective import Objective
-from grammar.zoo import ZOO, baseline
+from grammar.zoo import baseline
 
 TASK = "lm"
 ORACLE = "oracle"
@@ -389,10 +388,6 @@ def tuned_baselines(variant: str, names: tuple[str, ...] = REPORTED_LOSSES, suit
     return [tuned_setting(n, best[n]) for n in names if n in best]
 
 
-def all_zoo() -> tuple[str, ...]:
-    return tuple(ZOO)
-
-
 # -- gates and the report ----------------------------------------------------------------------------
 
 THRESHOLDS = {"label_agreement": 0.65, "nats_gap": 0.05, "room": 1.0, "oracle": 50.0, "win": 10.0}
@@ -485,12 +480,6 @@ def describe(protocol: Protocol, suite: LMSuite = LM_SUITE) -> str:
             f"budget {t.kl_budget:.3f} nats (best-of-{t.budget_n}); {t.eval_prompts} held-out prompts x "
             f"{t.eval_samples} samples; score 100 (reward@budget - pi_ref) / (best-of-{t.budget_n} - pi_ref); "
             f"paired Student-t 95% CI over units")
-
-
-def mean_ci(values) -> tuple[float, float]:
-    m, c = mean_ci95(np.asarray(values, float))
-    return float(m), float(c)
-
 
 def report_markdown(reports, protocol: Protocol = FRESH, suite: LMSuite = LM_SUITE) -> str:
     """The language suite's check as Markdown: gates, then every scored policy with its paired differences."""

@@ -56,8 +56,7 @@ def report(table: LMScoreTable, subject: str, objective: Objective, lr: float, v
             row["loss_minus_this"] = list(table.paired(subject, label))
         rows.append(row)
     units = table.details[subject]
-    curve = [(best_of_n_kl(n), float(np.mean([u["best_of"][n] if n in u["best_of"] else u["best_of"][str(n)]
-                                              for u in units])))
+    curve = [(best_of_n_kl(n), float(np.mean([u["best_of"][n] for u in units])))
              for n in range(1, suite.train.bon_samples + 1)]
     return {"loss": subject, "formula": objective.short_text(160), "lr": lr, "variant": variant,
             "protocol": describe(protocol, suite), "kl_budget": suite.train.kl_budget, "rows": rows,
