@@ -43,7 +43,7 @@ from evaluators.behaviour import load_level
 from evaluators.errors import SuiteError
 from evaluators.native import NativeBatch, run_policies
 from evaluators.paths import cache_root
-from evaluators.policy import stack
+from evaluators.policy import portable_exp, stack
 from evaluators.tasks import Task
 
 FORMAT_VERSION = 3  # 2: one action noise for every level, configurable levels, label-shuffle control;
@@ -276,7 +276,7 @@ def _teacher_labels(variant: Variant, rew: np.ndarray, togo: np.ndarray, seed: i
     if name == "noisy":
         prefer_a = prefer_a ^ (rng.random(N) < p)
     elif name == "stoch":
-        prob_a = 1.0 / (1.0 + np.exp(-np.clip(p * diff, -60, 60)))
+        prob_a = 1.0 / (1.0 + portable_exp(-np.clip(p * diff, -60, 60)))
         prefer_a = rng.random(N) < prob_a
     elif name == "equal":
         weight[np.abs(diff) < p * margin] = 0.5
@@ -284,7 +284,7 @@ def _teacher_labels(variant: Variant, rew: np.ndarray, togo: np.ndarray, seed: i
         keep = returns.max(1) >= p * margin
     elif name == "myopic":
         H = rew.shape[-1]
-        discount = p ** (H - 1 - np.arange(H))
+        discount = np.cumprod(np.concatenate([[1.0], np.full(H - 1, p)]))[::-1]  # p^(H-1) .. 1, no pow
         mdiff = (rew[:, 0] * discount).sum(-1) - (rew[:, 1] * discount).sum(-1)
         prefer_a = np.where(mdiff == 0, tie_break, mdiff > 0)
     return prefer_a, weight, keep

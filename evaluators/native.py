@@ -26,7 +26,7 @@ import mujoco
 import mujoco.batch
 import numpy as np
 
-from evaluators.policy import ACTION_LIMIT, BatchedPolicies
+from evaluators.policy import ACTION_LIMIT, BatchedPolicies, portable_exp
 from evaluators.tasks import MAX_EPISODE_STEPS, Task
 
 LANE_MIN_ENVS = 8  # two lanes from 2 * LANE_MIN_ENVS environments on
@@ -241,10 +241,10 @@ class _LaneRun:
         self.lane, self.std, self.obs, self.out = lane, std, obs, out
         present, policy_index = np.unique(policy_index, return_inverse=True)
         self.policies = BatchedPolicies({k: v[present] for k, v in params.items()})
-        # Envs are laid out as a (P, width) grid so one matmul evaluates every policy at once; a policy
-        # has at least 2 rows (see BatchedPolicies), and its spare rows repeat one of its envs.
+        # Envs are laid out as a (P, width) grid so one matmul evaluates every policy at once; a policy's
+        # spare rows repeat one of its envs.
         n, P = len(policy_index), len(present)
-        width = max(2, int(np.bincount(policy_index, minlength=P).max()))
+        width = max(1, int(np.bincount(policy_index, minlength=P).max()))
         source, cell = np.zeros((P, width), int), np.zeros(n, int)
         for p in range(P):
             members = np.flatnonzero(policy_index == p)
@@ -253,7 +253,7 @@ class _LaneRun:
         self.source, self.cell = source.ravel(), cell
         self.grid = np.zeros((P, width, obs.shape[-1]))
         chunk = min(horizon, REWARD_CHUNK)
-        self.actions = np.zeros((chunk, n, self.policies.out_dim))  # padded columns stay zero
+        self.actions = np.zeros((chunk, n, self.policies.act_dim))
         self.positions = np.zeros((chunk + 1, n))
         self.healthy = np.ones((chunk, n), bool)
         self.contact_cost = np.zeros((chunk, n)) if lane.task.uses_contact_forces else None
@@ -266,16 +266,16 @@ class _LaneRun:
         recording = out.observations is not None
         checks_health = task.terminates or task.healthy_reward != 0
         grid_rows = self.grid.reshape(-1, self.grid.shape[-1])
-        act_dim, chunk = self.policies.act_dim, len(self.actions)
+        chunk = len(self.actions)
         first = taken = 0  # the current chunk's first step, the steps taken
         for t in range(horizon):
             if task.terminates and not active.any():
                 break
             i = t - first
             np.take(self.obs, self.source, axis=0, out=grid_rows)
-            mean = self.policies.padded_mean(self.grid)
+            mean = self.policies.mean(self.grid)
             np.take(mean.reshape(-1, mean.shape[-1]), self.cell, axis=0, out=self.actions[i])
-            action = self.actions[i, :, :act_dim]
+            action = self.actions[i]
             step_noise = noise.at(t)
             if step_noise is not None:
                 action += self.std * step_noise[r]
@@ -312,7 +312,7 @@ class _LaneRun:
         lane, task = self.lane, self.lane.task
         self.positions[steps] = task.forward_position(lane.qpos, lane.torso_xpos)
         contact_cost = None if self.contact_cost is None else self.contact_cost[:steps]
-        actions = self.actions[:steps, :, :self.policies.act_dim]
+        actions = self.actions[:steps]
         rewards = task.reward(np, self.positions[:steps], self.positions[1:steps + 1], actions,
                               self.healthy[:steps], contact_cost)
         if task.terminates:
@@ -342,7 +342,7 @@ def run_policies(
     """
     B, m = batch.n_envs, batch.model
     policy_index = np.asarray(policy_index)
-    std = np.exp(params["log_std"])[policy_index]
+    std = portable_exp(params["log_std"])[policy_index]
     obs = batch.reset(qpos0, qvel0)
     out = Rollout(np.zeros(B), np.zeros(B, int), np.zeros(B, bool))
     if record:

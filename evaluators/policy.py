@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import math
 import os
+from decimal import Decimal
 
 import numpy as np
 
@@ -37,57 +38,80 @@ def policy_mean(params, obs, xp=np):
 
 
 class BatchedPolicies:
-    """P policies evaluated together with numpy; an observation's action does not depend on the others.
+    """P policies evaluated together with numpy; an env's action has the same bits on every x86-64 CPU,
+    whatever its batch-mates, its position in the batch or the BLAS kernel.
 
-    OpenBLAS's matmul computes a row of a product the same whatever the other rows, as long as there
-    are at least 2 rows and the column count is a multiple of 4 (narrower outputs use kernels whose
-    rounding depends on the row count). So the output layer is padded with zero columns to a multiple
-    of 4 (``out_dim``) and a single row is evaluated as two: an env's actions then do not depend on its
-    lane of the native backend or on its batch-mates (``tests/test_native_speed_paths.py`` checks it
-    bit for bit).
+    Every matmul is exact. A layer's inputs are rounded to a grid of 2^-p and its weights and bias to
+    2^-q and 2^-(p+q), with p + q chosen from the policy's own weights (``exact_grids``) so that every
+    product and partial sum of ``x @ w + b`` is an integer multiple of 2^-(p+q) below 2^51 of them,
+    which float64 holds exactly: any kernel, blocking, summation order or FMA gives the same bits. The
+    rounding moves an activation by about 1e-7, far below what a policy's behaviour feels. The other
+    steps are elementwise IEEE operations (exact rounding, the same everywhere) and numpy's tanh (the
+    same code path on every x86-64-v3 and v4 CPU; see README, "Reproducibility").
     """
 
     def __init__(self, params: dict):
         p = {k: np.asarray(v, np.float64) for k, v in params.items() if k != "log_std"}
         self.layers = n_layers(p)
-        last = self.layers - 1
-        self.act_dim = p[f"w{last}"].shape[-1]
-        pad = -self.act_dim % 4
-        w, b = p[f"w{last}"], p[f"b{last}"]
-        p[f"w{last}"] = np.concatenate([w, np.zeros(w.shape[:-1] + (pad,))], axis=-1)
-        p[f"b{last}"] = np.concatenate([b, np.zeros(b.shape[:-1] + (pad,))], axis=-1)
-        self.out_dim = self.act_dim + pad
-        # Vectors as (P, 1, dim), broadcast over a policy's rows; made once (a step's numpy calls cost).
-        self.obs_mean, self.obs_std = p["obs_mean"][:, None, :], p["obs_std"][:, None, :]
-        self.weights = [p[f"w{i}"] for i in range(self.layers)]
-        self.biases = [p[f"b{i}"][:, None, :] for i in range(self.layers)]
+        self.act_dim = p[f"w{self.layers - 1}"].shape[-1]
+        self.weights, self.biases, self.out_scales, self.in_scales = [], [], [], []
+        for i in range(self.layers):
+            w, b = p[f"w{i}"], p[f"b{i}"]
+            in_bits, w_bits = exact_grids(w, b, OBS_CLIP if i == 0 else 1.0)
+            self.weights.append(np.rint(np.ldexp(w, w_bits[:, None, None])))
+            self.biases.append(np.rint(np.ldexp(b, in_bits[:, None] + w_bits[:, None]))[:, None, :])
+            self.out_scales.append(np.ldexp(1.0, -(in_bits + w_bits))[:, None, None])
+            self.in_scales.append(np.ldexp(1.0, in_bits)[:, None, None])
+        # Layer 0's input grid folded into the normalisation: (obs - mean) / (std 2^-p) = 2^p (obs - mean) / std.
+        self.obs_mean = p["obs_mean"][:, None, :]
+        self.obs_std = p["obs_std"][:, None, :] / self.in_scales[0]
+        self.obs_clip = OBS_CLIP * self.in_scales[0]
         self._buffers = None
 
     def mean(self, obs: np.ndarray) -> np.ndarray:
-        """Mean actions, ``obs`` (P, N, obs_dim) -> (P, N, act_dim), a view valid until the next call."""
-        n = obs.shape[1]
-        if n == 1:
-            obs = np.concatenate([obs, obs], axis=1)
-        return self.padded_mean(obs)[:, :n, :self.act_dim]
-
-    def padded_mean(self, obs: np.ndarray) -> np.ndarray:
-        """(P, N, out_dim) mean actions and zero columns for N >= 2 rows per policy, in a buffer reused by
-        the next call."""
+        """Mean actions, ``obs`` (P, N, obs_dim) -> (P, N, act_dim), in a buffer reused by the next call."""
         if self._buffers is None or self._buffers[0].shape != obs.shape:
             self._buffers = [np.empty(obs.shape)]
             self._buffers += [np.empty(obs.shape[:2] + b.shape[-1:]) for b in self.biases]
         x = self._buffers[0]
         np.subtract(obs, self.obs_mean, out=x)
         np.divide(x, self.obs_std, out=x)
-        np.minimum(np.maximum(x, -OBS_CLIP, out=x), OBS_CLIP, out=x)  # np.clip, without its Python layer
+        np.minimum(np.maximum(x, -self.obs_clip, out=x), self.obs_clip, out=x)  # np.clip, without its Python layer
+        np.rint(x, out=x)
         for i, (w, b) in enumerate(zip(self.weights, self.biases)):
             y = self._buffers[i + 1]
             np.matmul(x, w, out=y)
             y += b
+            y *= self.out_scales[i]
             if i < self.layers - 1:
                 np.tanh(y, out=y)
+                y *= self.in_scales[i + 1]
+                np.rint(y, out=y)
             x = y
         return x
+
+
+EXACT_BITS = 51
+
+
+def exact_grids(w: np.ndarray, b: np.ndarray, in_bound: float) -> tuple[np.ndarray, np.ndarray]:
+    """Per policy, the input and weight grids (p, q) of a layer ``x @ w + b`` with |x| <= ``in_bound``:
+    |x @ w + b| 2^(p+q) <= n in_bound max|w| + max|b|, scaled, stays below 2^EXACT_BITS; p gets half."""
+    n = w.shape[-2]
+    bound = n * in_bound * np.abs(w).max(axis=(-2, -1)) + np.abs(b).max(axis=-1)
+    finite = np.isfinite(bound) & (bound > 0)
+    exponent = np.frexp(np.where(finite, bound, 1.0))[1]  # bound <= 2^exponent
+    total = np.where(finite, EXACT_BITS - exponent, 80)
+    in_bits = np.minimum(total // 2, 40)
+    return in_bits, total - in_bits
+
+
+def portable_exp(x) -> np.ndarray:
+    """exp(x) elementwise, correctly rounded by Python's decimal module: the same bits on every CPU, where
+    numpy's exp takes another code path with AVX-512. For the few values that decide data (action noise
+    scales, label probabilities)."""
+    x = np.asarray(x, np.float64)
+    return np.array([float(Decimal(v).exp()) for v in x.ravel().tolist()]).reshape(x.shape)
 
 
 def gaussian_log_prob(mean, log_std, action, xp=np):

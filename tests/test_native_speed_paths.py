@@ -15,7 +15,7 @@ import pytest
 
 from evaluators import native
 from evaluators.native import LANE_MIN_ENVS, NativeBatch, run_policies
-from evaluators.policy import ACTION_LIMIT, BatchedPolicies, init_policy, stack
+from evaluators.policy import ACTION_LIMIT, OBS_CLIP, BatchedPolicies, exact_grids, init_policy, policy_mean, portable_exp, stack
 from evaluators.tasks import TASKS
 
 
@@ -40,13 +40,13 @@ def reference_run(task, params, policy_index, qpos0, qvel0, horizon, action_rng)
         members = np.flatnonzero(policy_index == p)
         slot[members] = np.arange(len(members))
     grid = np.zeros((P, int(np.bincount(policy_index, minlength=P).max()), task.obs_dim))
-    std = np.exp(params["log_std"])[policy_index]
+    std = portable_exp(params["log_std"])[policy_index]
     active, returns, lengths, terminated = np.ones(B, bool), np.zeros(B), np.zeros(B, int), np.zeros(B, bool)
     rec = {k: [] for k in ("obs", "act", "rew", "qpos", "qvel")}
     for _ in range(horizon):
         obs = task.observe(np, qpos, qvel, cfrc)
         grid[policy_index, slot] = obs
-        mean = BatchedPolicies(params).mean(grid)[policy_index, slot]
+        mean = BatchedPolicies(params).mean(grid)[policy_index, slot].copy()
         action = np.clip(mean + std * action_rng.standard_normal(mean.shape), -ACTION_LIMIT, ACTION_LIMIT)
         live = active[:, None]  # an env's records after its termination stay zero
         rec["obs"].append(np.where(live, obs, 0).astype(np.float32))
@@ -201,3 +201,39 @@ def policies_of(rng, obs_dim, act_dim, n):
     params = stack([init_policy(rng, obs_dim, act_dim, out_scale=1.0) for _ in range(n)])
     params["obs_mean"] = rng.standard_normal((n, obs_dim)).astype(np.float32)
     return params
+
+
+def exact_mean(params: dict, p: int, obs: np.ndarray) -> np.ndarray:
+    """Policy ``p``'s mean action for one observation with every dot product in Python's integers."""
+    layers = sum(1 for k in params if k.startswith("w"))
+    x = np.clip((obs - params["obs_mean"][p]) / params["obs_std"][p], -OBS_CLIP, OBS_CLIP)
+    for i in range(layers):
+        w, b = params[f"w{i}"][p:p + 1].astype(np.float64), params[f"b{i}"][p:p + 1].astype(np.float64)
+        in_bits, w_bits = (int(v[0]) for v in exact_grids(w, b, OBS_CLIP if i == 0 else 1.0))
+        x_int = [int(v) for v in np.rint(np.ldexp(x, in_bits))]
+        w_int = np.rint(np.ldexp(w[0], w_bits)).astype(object)
+        b_int = [int(v) for v in np.rint(np.ldexp(b[0], in_bits + w_bits))]
+        y = np.array([float(sum(xi * int(wij) for xi, wij in zip(x_int, w_int[:, j])) + b_int[j])
+                      for j in range(w.shape[-1])])
+        x = np.ldexp(y, -(in_bits + w_bits))
+        if i < layers - 1:
+            x = np.tanh(x)
+    return x
+
+
+@pytest.mark.parametrize("weight_scale", [0.01, 1.0, 300.0])
+def test_every_dot_product_is_exact(weight_scale):
+    """The batched evaluation equals integer arithmetic, so no kernel, order or FMA can change a bit."""
+    rng = np.random.default_rng(5)
+    params = policies_of(rng, obs_dim=27, act_dim=8, n=3)
+    for k in params:
+        if k.startswith(("w", "b")):
+            params[k] = (params[k] * weight_scale + rng.normal(0, 0.1 * weight_scale, params[k].shape)).astype(np.float32)
+    obs = rng.standard_normal((3, 4, 27)) * 5
+    obs[0, 0, 0] = 1e6  # clipped
+    got = BatchedPolicies(params).mean(obs)
+    for p in range(3):
+        for n in range(4):
+            np.testing.assert_array_equal(got[p, n], exact_mean(params, p, obs[p, n]), err_msg=f"policy {p} row {n}")
+    float_mean = np.stack([policy_mean({k: v[p] for k, v in params.items()}, obs[p]) for p in range(3)])
+    np.testing.assert_allclose(got, float_mean, rtol=0, atol=1e-5 * max(1.0, weight_scale))
