@@ -7,6 +7,7 @@
     plots        PNG figures: heat map, fitness over time, loss shape
     rejections   kinds of rejection reason, and refusals grouped by kind
 """
+import evaluators  # noqa: F401  (pins XLA's CPU target: evaluators/xla_target.py)
 from archive.qd import AddStatus, DescriptorSpec, Elite, HallOfFame, QDArchive
 from archive.store import ArchiveError, ArchiveStore
 

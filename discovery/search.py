@@ -52,6 +52,7 @@ from evaluators.datasets import parse_variant
 from evaluators.fitness import Evaluation, FitnessConfig, FitnessEvaluator, unit_scores
 from evaluators.protocol import TEST_DATA_SEED, Setting, score_with_controls
 from evaluators.suite import REPORTED_LOSSES, task_suite
+from evaluators.xla_target import xla_cpu_isa
 from grammar.objective import Objective
 from grammar.zoo import ZOO
 
@@ -248,7 +249,8 @@ def _from_dict(cls, data: Mapping):
 
 
 def code_version() -> str:
-    """Package version plus the git commit when running from a checkout."""
+    """Package version plus the git commit when running from a checkout, and XLA's CPU target (results are
+    the same bits only between runs on the same target: README, "Reproducibility across CPUs")."""
     from importlib.metadata import PackageNotFoundError, version
 
     try:
@@ -263,7 +265,8 @@ def code_version() -> str:
                                capture_output=True, text=True, timeout=5).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         commit, dirty = "", ""
-    return f"{v}+{commit}{'-dirty' if dirty else ''}" if commit else v
+    version = f"{v}+{commit}{'-dirty' if dirty else ''}" if commit else v
+    return f"{version} xla-cpu={xla_cpu_isa()}"
 
 
 @dataclass

@@ -10,6 +10,7 @@
     zoo        published baselines, with citations
     export     standalone PyTorch / JAX / LaTeX / sympy code
 """
+import evaluators  # noqa: F401  (pins XLA's CPU target: evaluators/xla_target.py)
 from grammar.canonical import canonical_form, complexity, fingerprint, structure_hash
 from grammar.compile import compile_jax, compile_numpy, make_inputs
 from grammar.export import export
