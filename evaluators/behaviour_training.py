@@ -138,13 +138,22 @@ def _reference_pair(task: Task, random_params: dict, expert_params: dict, seed: 
     return float(returns[0].mean()), float(returns[1].mean())
 
 
-def remeasure_references(task: Task, root: str | None = None) -> dict:
-    """Measure R_random and R_expert again (deterministic) and rewrite them in the manifest."""
+def remeasure(task: Task, root: str | None = None) -> dict:
+    """Measure R_random and R_expert (deterministic) and every level's returns again, on the seeds the
+    manifest was made with, and rewrite them in the manifest (after a change to how policies are evaluated)."""
     manifest = load_manifest(task, root)
     seed = int(manifest.get("trainer", {}).get("seed", 0))
-    r_random, r_expert = _reference_pair(task, load_level(task, "random", root), load_level(task, "expert", root), seed)
+    params = [load_level(task, level, root) for level in LEVELS]
+    r_random, r_expert = _reference_pair(task, params[LEVELS.index("random")], params[LEVELS.index("expert")], seed)
     manifest["reference"].update(random_return=r_random, expert_return=r_expert, episodes=REFERENCE_EPISODES,
                                  note=REFERENCE_NOTE)
+    stochastic = measure(task, params, MEASURE_EPISODES, seed + 10, deterministic=False)
+    deterministic = measure(task, params, MEASURE_EPISODES, seed + 10, deterministic=True)
+    for i, level in enumerate(LEVELS):
+        manifest["levels"][level].update(
+            return_mean=float(stochastic[i].mean()), return_std=float(stochastic[i].std()),
+            deterministic_return_mean=float(deterministic[i].mean()),
+            deterministic_return_std=float(deterministic[i].std()))
     path = os.path.join(policy_dir(task, root), "manifest.json")
     with open(path + ".tmp", "w") as f:
         json.dump(manifest, f, indent=1)
