@@ -45,7 +45,7 @@ class BatchedPolicies:
     2^-q and 2^-(p+q), with p + q chosen from the policy's own weights (``exact_grids``) so that every
     product and partial sum of ``x @ w + b`` is an integer multiple of 2^-(p+q) below 2^51 of them,
     which float64 holds exactly: any kernel, blocking, summation order or FMA gives the same bits. The
-    rounding moves an activation by about 1e-7, far below what a policy's behaviour feels. The other
+    rounding moves an action by a few millionths, far below what a policy's behaviour feels. The other
     steps are elementwise IEEE operations (exact rounding, the same everywhere) and numpy's tanh (the
     same code path on every x86-64-v3 and v4 CPU; see README, "Reproducibility").
     """
