@@ -47,7 +47,7 @@ class BatchedPolicies:
     which float64 holds exactly: any kernel, blocking, summation order or FMA gives the same bits. The
     rounding moves an action by a few millionths, far below what a policy's behaviour feels. The other
     steps are elementwise IEEE operations (exact rounding, the same everywhere) and numpy's tanh (the
-    same code path on every x86-64-v3 and v4 CPU; see README, "Reproducibility").
+    same code path on every x86-64-v3 and v4 CPU; see README, "Reproducibility across CPUs").
     """
 
     def __init__(self, params: dict):

@@ -3,7 +3,7 @@ built in fresh processes under each OpenBLAS kernel this CPU can run (``OPENBLAS
 AVX-512 CPU, on the code paths numpy and glibc's libm take on an AVX2 CPU (``NPY_DISABLE_CPU_FEATURES``,
 ``GLIBC_TUNABLES``); their content hashes must agree with each other and with the hashes recorded on
 another machine for the same numpy and MuJoCo. (Without FMA, glibc's libm, which MuJoCo calls, takes
-other code paths: README, "Reproducibility".)
+other code paths: README, "Reproducibility across CPUs".)
 """
 
 from __future__ import annotations
