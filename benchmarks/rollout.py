@@ -13,7 +13,9 @@ Prints one JSON object. Per task:
   ``cpu_ratio`` = open-loop CPU seconds / native CPU seconds (all threads, best runs), which other
   processes on the machine disturb less than wall-clock time; ``ratio_one_thread`` = the same ratio for
   the first half of the batch on one thread each side (one lane): no core is shared, so it moves less from
-  run to run than ``ratio`` and shows the closed loop's own Python cost;
+  run to run than ``ratio`` and shows the closed loop's own Python cost; ``policy_us_per_step_one_thread``
+  and ``policy_share_one_thread``: the policies' evaluation on that loop's grid timed alone, per step and
+  as a share of the loop's time (other processes disturb it far less than the ratios);
 - ``mjx``: ``mjx_run_policies`` at a small batch on the default JAX device, throughput without
   compilation, cold compile time (a fresh JAX cache directory unless ``--jax-cache project``) and
   the time to load the same executable from the persistent cache;
@@ -36,6 +38,7 @@ import platform
 import sys
 import tempfile
 import time
+import timeit
 
 import numpy as np
 
@@ -75,6 +78,7 @@ def native_vs_open_loop(task, batch: int, steps: int, threads: int, repeats: int
     from mujoco import rollout
 
     from evaluators.native import NativeBatch, run_policies
+    from evaluators.policy import BatchedPolicies
 
     params = policies(task, N_POLICIES)
     qpos, qvel, idx = start_states(task, batch)
@@ -111,6 +115,12 @@ def native_vs_open_loop(task, batch: int, steps: int, threads: int, repeats: int
             timed("open_loop_one_thread",
                   lambda: rollout.rollout(model, datas[:1], states[first], control[first], state=out[first]))
         lanes = len(nb.lanes)
+        # The policy's own cost in the one-thread loop: its evaluation on that loop's (policies, rows) grid,
+        # timed alone, which other processes disturb far less than the ratios.
+        policies_alone = BatchedPolicies(params)
+        rows = -(-half // N_POLICIES)
+        grid = np.resize(recorded.observations[first, steps // 2].astype(np.float64), (N_POLICIES, rows, task.obs_dim))
+        policy_s = min(timeit.repeat(lambda: policies_alone.mean(grid), number=200, repeat=5)) / 200
     rate = {k: (half if k.endswith("one_thread") else batch) * steps / min(v) for k, v in wall.items()}
     return {
         "batch": batch, "steps": steps, "threads": threads, "policies": N_POLICIES, "repeats": repeats,
@@ -123,6 +133,8 @@ def native_vs_open_loop(task, batch: int, steps: int, threads: int, repeats: int
         "ratio_one_lane": round(rate["native_one_lane"] / rate["open_loop"], 3),
         "ratio_one_thread": round(rate["native_one_thread"] / rate["open_loop_one_thread"], 3),
         "cpu_ratio": round(min(cpu["open_loop"]) / min(cpu["native"]), 3),
+        "policy_us_per_step_one_thread": round(policy_s * 1e6, 1),
+        "policy_share_one_thread": round(policy_s * steps / min(wall["native_one_thread"]), 4),
         **{f"{k}_s": [round(t, 3) for t in v] for k, v in wall.items()},
     }
 
