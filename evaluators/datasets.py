@@ -48,7 +48,7 @@ from evaluators.tasks import Task
 
 FORMAT_VERSION = 4  # 2: one action noise for every level, configurable levels, label-shuffle control;
 # 3: policies evaluated by BLAS matmul (other rounding, hence other trajectories), records zero after termination;
-# 4: exact policy matmuls, noise scales and label probabilities by a correctly rounded exp (the same bits on every CPU)
+# 4: exact policy matmuls, noise scales and label probabilities by an exp in software (decimal): the same bits on every CPU
 ALL_LEVELS = ("random", "low", "medium", "expert")
 SHUFFLED_SUFFIX = "+shuffled"
 VARIANT_PARAMS = {  # name: (parameter name, default, low, high)

@@ -107,8 +107,8 @@ def exact_grids(w: np.ndarray, b: np.ndarray, in_bound: float) -> tuple[np.ndarr
 
 
 def portable_exp(x) -> np.ndarray:
-    """exp(x) elementwise, correctly rounded by Python's decimal module: the same bits on every CPU, where
-    numpy's exp takes another code path with AVX-512. For the few values that decide data (action noise
+    """exp(x) elementwise by Python's decimal module (28 correct digits, then rounded to float64), software
+    only: the same bits on every CPU, where numpy's exp takes another code path with AVX-512. For the few values that decide data (action noise
     scales, label probabilities)."""
     x = np.asarray(x, np.float64)
     return np.array([float(Decimal(v).exp()) for v in x.ravel().tolist()]).reshape(x.shape)

@@ -16,7 +16,6 @@ import sys
 
 import mujoco
 import numpy as np
-import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
