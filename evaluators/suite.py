@@ -34,8 +34,8 @@ import numpy as np
 from evaluators.datasets import FORMAT_VERSION as DATA_FORMAT, DatasetConfig, parse_variant, statistics
 from evaluators.paths import cache_root
 from evaluators.po_trainer import TrainConfig, dataset_arrays, reference_logps
-from evaluators.protocol import FRESH, SHUFFLED, TEST_DATA_SEED, TUNING, VALIDATION_DATA_SEED, Combo, Protocol, \
-    ScoreTable, Setting, score_settings, score_with_controls
+from evaluators.protocol import FRESH, SHUFFLED, TEST_DATA_SEEDS, TUNING, VALIDATION_DATA_SEED, Combo, Protocol, \
+    ScoreTable, Setting, score_over_draws, score_settings
 from evaluators.reference import BCConfig, reference_policies
 from evaluators.scoring import episode_returns, mean_ci95, normalise
 from evaluators.behaviour import reference_returns
@@ -127,50 +127,64 @@ def grid(name: str, objective: Objective) -> list[Setting]:
 SHIPPED_TUNED = os.path.join(os.path.dirname(os.path.abspath(__file__)), "tuned")
 
 
-def _tuned_path(task: str, variant: str, suite: TaskSuite, names: tuple[str, ...], cache: str | None) -> str:
+def _tuned_path(task: str, variant: str, suite: TaskSuite, name: str, cache: str | None) -> str:
     key = json.dumps({"task": task, "variant": variant, "dataset": asdict(suite.dataset), "train": asdict(suite.train),
                       "reference": asdict(suite.reference),
-                      "grid": [GRID_LR, GRID_STEPS, GRID_CONSTANT], "names": sorted(names),
-                      "protocol": asdict(TUNING), "data_seed": VALIDATION_DATA_SEED, "format": 1,
+                      "grid": [GRID_LR, GRID_STEPS, GRID_CONSTANT], "name": name,
+                      "protocol": asdict(TUNING), "data_seed": VALIDATION_DATA_SEED, "format": 2,
                       "data_format": DATA_FORMAT},
                      sort_keys=True, default=list)
     tag = hashlib.sha256(key.encode()).hexdigest()[:16]
-    return os.path.join(cache or os.path.join(cache_root(), "tuned"), f"{task}-{variant.replace(':', '_')}-{tag}.json")
+    return os.path.join(cache or os.path.join(cache_root(), "tuned"),
+                        f"{task}-{variant.replace(':', '_')}-{name}-{tag}.json")
+
+
+def stored_tuned(task: str, variant: str, name: str, cache: str | None = None) -> dict | None:
+    """The stored best setting of one loss on a combo (the cache first, then the shipped files), or None."""
+    path = _tuned_path(task, variant, task_suite(task), name, cache)
+    for stored in (path, os.path.join(SHIPPED_TUNED, os.path.basename(path))):
+        if os.path.exists(stored):
+            with open(stored) as f:
+                return json.load(f)["best"]
+    return None
 
 
 def tune(task: str, variant: str, names: tuple[str, ...] = REPORTED_LOSSES, cache: str | None = None,
          on_event=None) -> dict[str, dict]:
     """Best setting per zoo loss on the validation dataset seed: {name: {lr, steps, constants, score}}.
 
-    Stored as JSON under the cache (``tuned/``) and read back on the next call with the same inputs, from
-    the cache or from the settings shipped with the package (``SHIPPED_TUNED``, same file name).
+    One file per loss under the cache (``tuned/``), read back on the next call with the same inputs from
+    the cache or from the settings shipped with the package (``SHIPPED_TUNED``, same file name); only the
+    losses without one are tuned (on demand, together). A setting's scores do not depend on its batch-mates
+    (``score_settings``), so a loss tuned alone or with the whole zoo gets the same setting.
     """
     suite = task_suite(task)
-    path = _tuned_path(task, variant, suite, names, cache)
-    for stored in (path, os.path.join(SHIPPED_TUNED, os.path.basename(path))):
-        if os.path.exists(stored):
-            with open(stored) as f:
-                return json.load(f)["best"]
-    combo = Combo(task, variant, VALIDATION_DATA_SEED, suite.dataset, TUNING, suite.reference, cache, on_event)
-    settings = [s for n in names for s in grid(n, baseline(n))]
-    if on_event:
-        on_event(f"tuning {len(names)} losses on {combo.name}: {len(settings)} settings x {len(TUNING.units)} seeds")
-    table = score_settings(combo, settings, suite.train, policy_rows=())
-    best = {}
     for n in names:
-        rows = [(table.mean_ci(s.label)[0], s) for s in settings
-                if s.label.split("|")[0] == n and s.label not in table.failures]
+        baseline(n)
+    best = {n: b for n in names if (b := stored_tuned(task, variant, n, cache)) is not None}
+    todo = [n for n in names if n not in best]
+    if not todo:
+        return best
+    combo = Combo(task, variant, VALIDATION_DATA_SEED, suite.dataset, TUNING, suite.reference, cache, on_event)
+    settings = [s for n in todo for s in grid(n, baseline(n))]
+    if on_event:
+        on_event(f"tuning {len(todo)} losses on {combo.name}: {len(settings)} settings x {len(TUNING.units)} seeds")
+    table = score_settings(combo, settings, suite.train, policy_rows=())
+    for n in todo:
+        mine = [s for s in settings if s.label.split("|")[0] == n]
+        rows = [(table.mean_ci(s.label)[0], s) for s in mine if s.label not in table.failures]
         if not rows:
             continue
         score, s = max(rows, key=lambda r: r[0])
         best[n] = {"label": s.label, "lr": s.lr, "steps": s.steps, "constants": dict(s.objective.constants),
                    "validation_score": score}
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    with open(path + ".tmp", "w") as f:
-        json.dump({"task": task, "variant": variant, "best": best,
-                   "grid": {s.label: table.mean_ci(s.label)[0] for s in settings}}, f, indent=1)
-    os.replace(path + ".tmp", path)
-    return best
+        path = _tuned_path(task, variant, suite, n, cache)
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with open(path + ".tmp", "w") as f:
+            json.dump({"task": task, "variant": variant, "best": best[n],
+                       "grid": {r.label: table.mean_ci(r.label)[0] for r in mine}}, f, indent=1)
+        os.replace(path + ".tmp", path)
+    return {n: best[n] for n in names if n in best}
 
 
 def tuned_setting(name: str, best: dict) -> Setting:
@@ -252,17 +266,20 @@ def _above(diff: tuple[float, float], margin: float) -> bool:
 
 
 def check_variant(task: str, variant: str, protocol: Protocol = FRESH, cache: str | None = None,
-                  on_event=None) -> VariantReport:
-    """Every gate's figure for one (task, variant): tune, then score on the test data seed."""
+                  on_event=None, data_seeds: tuple[int, ...] = TEST_DATA_SEEDS) -> VariantReport:
+    """Every gate's figure for one (task, variant): tune, then score on the test data seeds, units over
+    (data seed, pi_ref seed, training seed); the data-only gates (1, 2, 3) read the first draw."""
     suite = task_suite(task)
     v = parse_variant(variant)
     best = tune(task, v.spec, cache=cache, on_event=on_event)
     defaults = [default_setting(n, baseline(n), suite.train) for n in REPORTED_LOSSES]
     tuned = [tuned_setting(n, best[n]) for n in REPORTED_LOSSES if n in best]
-    combo = Combo(task, v, TEST_DATA_SEED, suite.dataset, protocol, suite.reference, cache, on_event)
+    combos = [Combo(task, v, d, suite.dataset, protocol, suite.reference, cache, on_event) for d in data_seeds]
+    combo = combos[0]
     if on_event:
-        on_event(f"scoring {len(defaults) + len(tuned)} settings on {combo.name} and its shuffled control")
-    table = score_with_controls(combo, defaults + tuned, train=suite.train)
+        on_event(f"scoring {len(defaults) + len(tuned)} settings on {combo.name} ({len(combos)} data draws) "
+                 "and its shuffled control")
+    table = score_over_draws(combos, defaults + tuned, train=suite.train)
 
     rows = []
     for label in table.labels:
@@ -287,7 +304,7 @@ def check_variant(task: str, variant: str, protocol: Protocol = FRESH, cache: st
              f"better level chosen in {labels['better_level_chosen']:.0%} of pairs of different levels"),
         Gate("2 side channel (AUC)", side_channel_auc(combo.base_train, combo.references[0]), "reported; gate 5 decides",
              None, "pi_ref's per-step mean log-likelihood picking the truly better segment"),
-        stability_gate(stability, _reference_ci(table, protocol), len(protocol.reference_seeds)),
+        stability_gate(stability, _reference_ci(table, protocol), len(data_seeds) * len(protocol.reference_seeds)),
         Gate("4 room above pi_ref", oracle_mean - ref_mean,
              f"oracle >= {THRESHOLDS['oracle']:g} and gap >= {THRESHOLDS['room']:g} (clean)",
              (oracle_mean >= THRESHOLDS["oracle"] and oracle_mean - ref_mean >= THRESHOLDS["room"]) if is_clean else None,
@@ -297,7 +314,8 @@ def check_variant(task: str, variant: str, protocol: Protocol = FRESH, cache: st
              ", ".join(winners) or "no tuned loss"),
         Gate("6 scale ranks", ratio, f"expert >= {THRESHOLDS['expert_over_standing']:g}x standing still",
              bool(ratio >= THRESHOLDS["expert_over_standing"]), f"standing-still return {r_zero:.0f}"),
-        Gate("7 protocol", None, "stated", None, protocol.describe()),
+        Gate("7 protocol", None, "stated", None, f"{protocol.describe()}; on each of {len(data_seeds)} data draws "
+             f"(test data seeds {', '.join(map(str, data_seeds))}): units (data seed, pi_ref seed, training seed)"),
     ]
     pairwise = {}
     for n in PAIRWISE_LOSSES:
@@ -325,12 +343,12 @@ def stability_gate(scores: np.ndarray, protocol_ci: float, protocol_seeds: int) 
     return Gate("3 stable pi_ref (CI)", float(ci), f"<= {THRESHOLDS['pi_ref_ci']:g} over {len(scores)} BC seeds",
                 bool(ci <= THRESHOLDS["pi_ref_ci"]),
                 f"pi_ref {mean:.1f}, sd {np.std(scores, ddof=1):.1f}, range {scores.min():.1f}-{scores.max():.1f}; "
-                f"CI over the protocol's {protocol_seeds} seeds {protocol_ci:.1f}")
+                f"CI over the protocol's {protocol_seeds} (data, BC) seeds {protocol_ci:.1f}")
 
 
 def _reference_ci(table: ScoreTable, protocol: Protocol) -> float:
-    """95% CI half-width of pi_ref's mean over its BC seeds (one score per seed)."""
-    per_unit = table.unit_scores("pi_ref").reshape(len(protocol.reference_seeds), len(protocol.train_seeds))[:, 0]
+    """95% CI half-width of pi_ref's mean over its BC seeds (one score per (data seed, BC seed))."""
+    per_unit = table.unit_scores("pi_ref").reshape(-1, len(protocol.train_seeds))[:, 0]
     return float(mean_ci95(per_unit)[1])
 
 

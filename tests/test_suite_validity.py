@@ -209,18 +209,58 @@ def test_tuned_settings_come_from_the_cache_then_from_the_shipped_files(tmp_path
     shipped, cache = tmp_path / "shipped", tmp_path / "cache"
     shipped.mkdir()
     monkeypatch.setattr(S, "SHIPPED_TUNED", str(shipped))
-    path = S._tuned_path("halfcheetah", "clean", S.SUITE["halfcheetah"], S.REPORTED_LOSSES, str(cache))
-    best = {"sft": {"label": "sft|lr=0.001|steps=300", "lr": 1e-3, "steps": 300, "constants": {},
-                    "validation_score": 70.0}}
-    (shipped / os.path.basename(path)).write_text(json.dumps({"best": best}))
+    best = {n: {"label": f"{n}|lr=0.001|steps=300", "lr": 1e-3, "steps": 300, "constants": {},
+                "validation_score": 70.0} for n in S.REPORTED_LOSSES}
+    for n in S.REPORTED_LOSSES:
+        path = S._tuned_path("halfcheetah", "clean", S.SUITE["halfcheetah"], n, str(cache))
+        (shipped / os.path.basename(path)).write_text(json.dumps({"best": best[n]}))
     assert S.tune("halfcheetah", "clean", cache=str(cache)) == best
+    assert S.tune("halfcheetah", "clean", ("dpo",), cache=str(cache)) == {"dpo": best["dpo"]}
     cache.mkdir()
-    mine = {"sft": {**best["sft"], "lr": 3e-4}}
-    with open(path, "w") as f:
+    mine = {**best["sft"], "lr": 3e-4}
+    with open(S._tuned_path("halfcheetah", "clean", S.SUITE["halfcheetah"], "sft", str(cache)), "w") as f:
         json.dump({"best": mine}, f)
-    assert S.tune("halfcheetah", "clean", cache=str(cache)) == mine  # the cache comes first
-    other = S._tuned_path("halfcheetah", "mixed", S.SUITE["halfcheetah"], S.REPORTED_LOSSES, str(cache))
+    assert S.tune("halfcheetah", "clean", cache=str(cache))["sft"] == mine  # the cache comes first
+    other = S._tuned_path("halfcheetah", "mixed", S.SUITE["halfcheetah"], "sft", str(cache))
     assert os.path.basename(other) != os.path.basename(path)  # other inputs, other file: never reused
+
+
+def test_tuning_on_demand_tunes_only_the_missing_losses_and_caches_them(tmp_path, monkeypatch):
+    """A loss not stored is tuned (its grid only), written, and read back the next time without training."""
+    import json
+    import os
+
+    monkeypatch.setattr(S, "SHIPPED_TUNED", str(tmp_path / "shipped"))
+    cache = str(tmp_path / "cache")
+    stored = {"label": "dpo|lr=0.001|steps=300", "lr": 1e-3, "steps": 300, "constants": {"beta": 0.1},
+              "validation_score": 50.0}
+    path = S._tuned_path("halfcheetah", "clean", S.SUITE["halfcheetah"], "dpo", cache)
+    os.makedirs(os.path.dirname(path))
+    with open(path, "w") as f:
+        json.dump({"best": stored}, f)
+    trained = []
+
+    class FakeTable:  # scores rise with the learning rate: the grid's largest wins
+        failures = {}
+
+        def __init__(self, settings):
+            self.by_label = {s.label: (s.lr * 1000, 1.0) for s in settings}
+
+        def mean_ci(self, label):
+            return self.by_label[label]
+
+    def score_settings(combo, settings, train, policy_rows=()):
+        trained.extend(settings)
+        return FakeTable(settings)
+
+    monkeypatch.setattr(S, "Combo", lambda *a, **k: None)
+    monkeypatch.setattr(S, "score_settings", score_settings)
+    best = S.tune("halfcheetah", "clean", ("dpo", "apo_zero"), cache=cache)
+    assert {s.label.split("|")[0] for s in trained} == {"apo_zero"}  # dpo was stored
+    assert best["dpo"] == stored and best["apo_zero"]["lr"] == max(S.GRID_LR)
+    trained.clear()
+    assert S.tune("halfcheetah", "clean", ("apo_zero",), cache=cache) == {"apo_zero": best["apo_zero"]}
+    assert not trained  # cached
 
 
 def test_reference_stability_scores_the_protocols_pi_ref_and_more_seeds(table):
