@@ -6,10 +6,15 @@ never recompiles) from each pi_ref seed with each training seed, and scored in o
 
 Search fitness uses the validation dataset seed and the search protocol, on all its training seeds or
 on the ones given (``train_seeds``: a racing rung; every candidate at a rung sees the same seeds and
-episodes, so rungs compare paired); ``fresh`` re-evaluation
-uses the TEST dataset seed, new pi_ref and training seeds and new episodes (``evaluators.protocol``).
+episodes, so rungs compare paired). The final report's combos (``combos(fresh=True)``) are on the TEST
+dataset seeds (several draws), with new pi_ref and training seeds and new episodes (``evaluators.protocol``).
 Fitness = mean normalised score over (task, dataset) combos, units and episodes; its CI is a
 Student-t interval over units (each unit's score averaged over combos and episodes).
+
+Selection on label use: a candidate can also be trained on the label-shuffled data on the same units
+(``evaluate(..., shuffled=True)``, common random numbers; ``Evaluation.with_control``). Its fitness then
+counts only what the labels add: per unit, its score less what its shuffled twin gains over pi_ref
+(``label_score``). Without the twin, fitness is the plain score, an upper bound of that figure.
 """
 
 from __future__ import annotations
@@ -22,7 +27,7 @@ import numpy as np
 from evaluators.datasets import DatasetConfig, parse_variant
 from evaluators.executors import EXECUTORS, LocalExecutor, make_executor
 from evaluators.po_trainer import TrainConfig
-from evaluators.protocol import FRESH, SEARCH, TEST_DATA_SEED, VALIDATION_DATA_SEED, Combo, Protocol, Setting, \
+from evaluators.protocol import FRESH, SEARCH, TEST_DATA_SEEDS, VALIDATION_DATA_SEED, Combo, Protocol, Setting, \
     score_settings
 from evaluators.reference import BCConfig
 from evaluators.scoring import BACKENDS, mean_ci95
@@ -87,6 +92,22 @@ class Evaluation:
         """(pi_ref seed, training seed) -> score averaged over the (task, dataset) combos."""
         return unit_scores(self.scores)
 
+    @property
+    def controlled(self) -> bool:
+        """Whether every unit's score has its shuffled twin (the fitness counts only what the labels add)."""
+        return bool(self.scores) and all("shuffled" in r for r in self.scores)
+
+    def with_control(self, shuffled: Evaluation) -> Evaluation:
+        """This evaluation with the scores of its label-shuffled twin (the same units) in its rows."""
+        twin = {(r["task"], parse_variant(r["dataset"]).unshuffled.spec, r.get("reference_seed", 0), r["seed"]):
+                r["score"] for r in shuffled.scores}
+        scores = [{**r, "shuffled": twin[(r["task"], r["dataset"], r.get("reference_seed", 0), r["seed"])]}
+                  for r in self.scores]
+        if self.failure:
+            return Evaluation(None, None, scores, self.failure)
+        mean, ci = mean_ci95(np.array(list(unit_scores(scores).values())))
+        return Evaluation(float(mean), float(ci), scores)
+
     def rung0_fitness(self) -> float | None:
         """Mean over the first rung's units (what every candidate of a racing batch was scored on)."""
         if self.failure:
@@ -104,11 +125,22 @@ class Evaluation:
         return Evaluation(float(mean), float(ci), scores)
 
 
+def label_score(row: dict) -> float:
+    """A score row's figure: its score less what its label-shuffled twin gains over pi_ref (the side channel
+    the labels are not needed for), when the twin was trained; else its score. A twin that did worse than
+    pi_ref (or failed) takes nothing away."""
+    score = float(row["score"])
+    if "shuffled" not in row:
+        return score
+    gain = float(row["shuffled"]) - float(row["pi_ref"])
+    return score - gain if gain > 0 else score
+
+
 def unit_scores(rows: list[dict]) -> dict[tuple[int, int], float]:
-    """Score rows -> {(pi_ref seed, training seed): mean score over the combos}, in first-seen order."""
+    """Score rows -> {(pi_ref seed, training seed): mean ``label_score`` over the combos}, in first-seen order."""
     units: dict[tuple[int, int], list[float]] = {}
     for r in rows:
-        units.setdefault((int(r.get("reference_seed", 0)), int(r["seed"])), []).append(float(r["score"]))
+        units.setdefault((int(r.get("reference_seed", 0)), int(r["seed"])), []).append(label_score(r))
     return {k: float(np.mean(v)) for k, v in units.items()}
 
 
@@ -119,50 +151,60 @@ class FitnessEvaluator:
         self.cache = cache
         self.on_event = on_event
         self.executor = executor or make_executor(cfg.executor, cfg.ray_address)
-        self._combos: dict[tuple[bool, int | None], list[Combo]] = {}
+        self._combos: dict = {}  # (fresh, seeds) -> combos; None -> the search combos' shuffled twins
         self.pi_ref: float | None = None  # pi_ref's mean score in the latest evaluation (same units)
 
     def combos(self, fresh: bool = False, seeds: int | None = None) -> list[Combo]:
-        """The prepared (task, dataset) combos, built (or read from cache) on first use."""
+        """The prepared (task, dataset) combos, built (or read from cache) on first use: on the validation
+        data seed, or ``fresh``: on each test data seed (data seeds innermost), ``seeds`` pi_ref seeds each."""
         key = (fresh, seeds)
         if key not in self._combos:
             protocol = self.cfg.protocol(fresh, seeds)
-            self._combos[key] = [
-                self.cfg.combo(t, d, TEST_DATA_SEED if fresh else VALIDATION_DATA_SEED, protocol, self.cache,
-                               self.on_event)
-                for t in self.cfg.tasks for d in self.cfg.datasets]
+            self._combos[key] = [self.cfg.combo(t, d, s, protocol, self.cache, self.on_event)
+                                 for t in self.cfg.tasks for d in self.cfg.datasets
+                                 for s in (TEST_DATA_SEEDS if fresh else (VALIDATION_DATA_SEED,))]
         return self._combos[key]
 
-    def _on_seeds(self, train_seeds: tuple[int, ...]) -> list[Combo]:
-        """The search combos with other training seeds: the same data and pi_ref (shallow copies)."""
+    def _shuffled(self) -> list[Combo]:
+        """The search combos on their label-shuffled twins (the same segments, so the same pi_ref)."""
+        if None not in self._combos:
+            self._combos[None] = [c.with_variant(c.variant.with_shuffled(), c.dataset) for c in self.combos()]
+        return self._combos[None]
+
+    def _on_seeds(self, train_seeds: tuple[int, ...], shuffled: bool = False) -> list[Combo]:
+        """The search combos (or their shuffled twins) with other training seeds: the same data and pi_ref
+        (shallow copies)."""
         out = []
-        for combo in self.combos():
+        for combo in self._shuffled() if shuffled else self.combos():
             combo.references  # noqa: B018 - load pi_ref once, shared by the copies
             c = copy.copy(combo)
             c.protocol = replace(combo.protocol, train_seeds=tuple(train_seeds))
             out.append(c)
         return out
 
-    def evaluate(self, objectives: list, fresh: bool = False, seeds: int | None = None,
-                 train_seeds: tuple[int, ...] | None = None, batch: int | None = None) -> list[Evaluation]:
-        """Fitness of each objective. ``fresh``: a new dataset seed, training seeds and episodes;
-        ``train_seeds``: the search protocol on these training seeds (a racing rung); ``batch``: objectives
+    def evaluate(self, objectives: list, train_seeds: tuple[int, ...] | None = None,
+                 batch: int | None = None, shuffled: bool = False) -> list[Evaluation]:
+        """Search fitness of each objective (validation data seed), or with ``shuffled`` its twin's scores on
+        the label-shuffled data (for ``Evaluation.with_control``). ``train_seeds``: the search protocol on these training seeds (a racing rung); ``batch``: objectives
         per population call (default ``cfg.batch``; a fixed smaller one suits the few a racing rung trains).
         Another executor than the local one evaluates chunks of ``batch`` objectives on its workers (a
         population of one chunk stays in this process)."""
         batch = batch or self.cfg.batch
         if not isinstance(self.executor, LocalExecutor) and len(objectives) > batch:
             chunks = [objectives[i:i + batch] for i in range(0, len(objectives), batch)]
-            options = {"fresh": fresh, "seeds": seeds, "train_seeds": train_seeds, "batch": batch}
+            options = {"train_seeds": train_seeds, "batch": batch, "shuffled": shuffled}
             parts = self.executor.map(_evaluate_chunk, [(self.cfg, self.cache, c, options) for c in chunks])
             self.pi_ref = parts[0][1]
             return [ev for evaluations, _ in parts for ev in evaluations]
-        return self._evaluate(objectives, fresh, seeds, train_seeds, batch)
+        return self._evaluate(objectives, train_seeds, batch, shuffled)
 
-    def _evaluate(self, objectives, fresh, seeds, train_seeds, batch) -> list[Evaluation]:
+    def _evaluate(self, objectives, train_seeds, batch, shuffled=False) -> list[Evaluation]:
         n = len(objectives)
         settings = [Setting(str(i), o, self.cfg.train.lr, self.cfg.train.steps) for i, o in enumerate(objectives)]
-        combos = self._on_seeds(train_seeds) if train_seeds is not None else self.combos(fresh, seeds)
+        if train_seeds is None and not shuffled:
+            combos = self.combos()
+        else:
+            combos = self._on_seeds(train_seeds or self.combos()[0].protocol.train_seeds, shuffled)
         per_unit = np.zeros((n, len(combos[0].protocol.units)))
         scores = [[] for _ in range(n)]
         failures = [""] * n
@@ -170,7 +212,8 @@ class FitnessEvaluator:
         for combo in combos:
             table = score_settings(combo, settings, self.cfg.train, policy_rows=("pi_ref",),
                                    batch=batch, backend=self.cfg.backend)
-            pi_ref_units.append(table.unit_scores("pi_ref"))
+            pi_ref = table.unit_scores("pi_ref")
+            pi_ref_units.append(pi_ref)
             for i, s in enumerate(settings):
                 per_unit[i] += table.unit_scores(s.label) / len(combos)
                 if s.label in table.failures and not failures[i]:
@@ -179,6 +222,7 @@ class FitnessEvaluator:
                 for u, (ref_seed, train_seed) in enumerate(table.units):
                     scores[i].append({"task": combo.task.name, "dataset": combo.variant.spec, "seed": train_seed,
                                       "reference_seed": ref_seed, "score": float(table.scores[row, u].mean()),
+                                      "pi_ref": float(pi_ref[u]),
                                       "returns": table.returns[row, u].tolist(),
                                       "ranking_accuracy": float(table.ranking[row, u]),
                                       "stop_reason": table.failures.get(s.label, "")})
