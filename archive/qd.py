@@ -157,6 +157,11 @@ class QDArchive:
             self._best = elite
         return AddStatus.NEW if current is None else AddStatus.IMPROVED
 
+    def would_improve(self, fitness: float, descriptors: Mapping[str, float]) -> bool:
+        """Whether `add` would take this fitness into its cell (new or improved), without adding it."""
+        current = self._elites.get(self.cell_of(descriptors))
+        return current is None or fitness > current.fitness
+
     # -------------------------------------------------------------------------------------- reporting
     def __len__(self) -> int:
         return len(self._elites)
@@ -273,6 +278,12 @@ class HallOfFame:
             if not front or entry.fitness > front[-1].fitness:
                 front.append(entry)
         return front
+
+    def would_join_front(self, fitness: float, complexity: float) -> bool:
+        """Whether a candidate of this fitness and complexity would be on the front: fitter than every entry
+        as simple or simpler."""
+        key = round(complexity, COMPLEXITY_DIGITS)
+        return all(fitness > e.fitness for e in self._best.values() if e.complexity <= key)
 
     def is_on_front(self, candidate_id: int) -> bool:
         return any(e.candidate_id == candidate_id for e in self.front())

@@ -60,6 +60,7 @@ _MIGRATIONS = {  # version -> statements that bring an archive of that version t
         "ALTER TABLE exchanges ADD COLUMN answer_shape TEXT"],
     2: ["ALTER TABLE candidates ADD COLUMN behaviour TEXT", "ALTER TABLE candidates ADD COLUMN units INTEGER",
         "CREATE INDEX candidates_behaviour ON candidates (run_id, behaviour)"],
+    3: ["ALTER TABLE candidates ADD COLUMN controlled INTEGER"],
 }
 
 _SCHEMA = """
@@ -111,7 +112,8 @@ CREATE TABLE candidates (
     exchange_id INTEGER REFERENCES exchanges(id),
     seconds REAL,
     behaviour TEXT,                      -- gradient fingerprint (grammar.validity), NULL when not checked
-    units INTEGER                        -- seed units behind fitness (raced: more for promising candidates)
+    units INTEGER,                       -- seed units behind fitness (raced: more for promising candidates)
+    controlled INTEGER                   -- 1: fitness counts what the labels add (shuffled twins trained), 0: an upper bound
 );
 CREATE INDEX candidates_run ON candidates (run_id, id);
 CREATE INDEX candidates_dedupe ON candidates (run_id, dedupe_key);
@@ -192,11 +194,12 @@ class CandidateRecord(TypedDict):
     seconds: float | None
     behaviour: str | None  # gradient fingerprint
     units: int | None  # seed units behind the fitness
+    controlled: bool | None  # fitness counts only what the labels add (True) or is an upper bound (False)
     depth: NotRequired[int]  # lineage only: 0 for the candidate, 1 for its parents, ...
 
 
 class ArchiveStore:
-    SCHEMA_VERSION = 3
+    SCHEMA_VERSION = 4
 
     def __init__(self, path: str | os.PathLike, *, readonly: bool = False):
         """Open (and, unless `readonly`, create) the archive at `path`.
@@ -389,7 +392,7 @@ class ArchiveStore:
                       descriptors: Mapping[str, float] | None = None, scores: Sequence[Mapping] = (),
                       exchange_id: int | None = None, seconds: float | None = None,
                       behaviour: str | None = None, units: int | None = None,
-                      identity: Identity | None = None) -> int:
+                      controlled: bool | None = None, identity: Identity | None = None) -> int:
         """Store one proposal and its search-seed scores; returns its id.  An "evaluated" candidate needs a
         finite fitness; parents and the exchange must already be in the archive.  `identity`: the
         objective's (`grammar.identity.identify`), when the caller has it already."""
@@ -411,12 +414,13 @@ class ArchiveStore:
             candidate_id = self.conn.execute(
                 "INSERT INTO candidates (run_id, created, generation, origin, parents, objective, formula, "
                 "structure_hash, dedupe_key, complexity, status, reason, fitness, ci95, descriptors, "
-                "exchange_id, seconds, behaviour, units) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, "
-                "?, ?)",
+                "exchange_id, seconds, behaviour, units, controlled) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, "
+                "?, ?, ?, ?, ?, ?, ?)",
                 (run_id, _now(), int(generation), str(origin), _dumps(parents), *record, status, str(reason),
                  _optional_float(fitness), _optional_float(ci95),
                  _dumps({str(k): float(v) for k, v in (descriptors or {}).items()}), exchange_id,
-                 _optional_float(seconds), behaviour, None if units is None else int(units))).lastrowid
+                 _optional_float(seconds), behaviour, None if units is None else int(units),
+                 None if controlled is None else int(controlled))).lastrowid
             self._insert_scores(candidate_id, scores, fresh=False)
         return candidate_id
 
@@ -463,7 +467,9 @@ class ArchiveStore:
                 "fitness": row["fitness"], "ci95": row["ci95"], "fresh_fitness": row["fresh_fitness"],
                 "fresh_ci95": row["fresh_ci95"], "descriptors": json.loads(row["descriptors"]),
                 "exchange_id": row["exchange_id"], "seconds": row["seconds"],
-                **{k: row[k] if k in row.keys() else None for k in ("behaviour", "units")}}  # older readers
+                **{k: row[k] if k in row.keys() else None for k in ("behaviour", "units")},  # older readers
+                "controlled": None if "controlled" not in row.keys() or row["controlled"] is None
+                else bool(row["controlled"])}
 
     def candidate(self, candidate_id: int) -> CandidateRecord:
         return self._candidate_dict(self._candidate_row(candidate_id))

@@ -350,6 +350,21 @@ def test_cli_show_lineage_map(synthetic, tmp_path):
     assert result.exit_code == 0, result.output
 
 
+def test_cli_names_the_zoo_structure(synthetic):
+    """A found loss whose structure is a zoo loss's is shown as that loss at its constants."""
+    table = cli("list", "--archive", synthetic["path"]).output.split("└")[0]  # the candidates' table
+    formula = {cells[1].strip(): cells[-2].strip() for cells in (ln.split("│") for ln in table.splitlines()[1:])
+               if len(cells) > 2}
+    assert formula[str(synthetic["child"])] == "= dpo at β 0.3: g=-logsigmoid(z)  [beta=0.3]"  # constants kept
+    assert formula[str(synthetic["zoo"]["dpo"])].startswith("= dpo at β 0.1: ")
+    assert formula[str(synthetic["zoo"]["sft"])] == "= sft: -logp_w"
+    assert formula[str(synthetic["llm"])] == "g=c0*relu(-z) + softplus(-z)  [beta=0.1, c0=0.5]"
+    child = cli("show", synthetic["child"], "--archive", synthetic["path"], "--no-plot").output
+    assert "zoo structure: dpo at β 0.3\n" in child
+    llm = cli("show", synthetic["llm"], "--archive", synthetic["path"], "--no-plot").output
+    assert "zoo structure: none (a new structure)" in llm
+
+
 @pytest.mark.parametrize("args,fragment", [
     (["list", "--archive", "{tmp}/nope.db"], "no archive at"),
     (["show", "999", "--archive", "{path}"], "unknown candidate 999"),
@@ -429,7 +444,7 @@ def test_a_version_1_archive_is_read_as_it_is_and_migrated_by_a_writer(tmp_path)
     db = sqlite3.connect(path)
     db.executescript("ALTER TABLE exchanges DROP COLUMN rejections; ALTER TABLE exchanges DROP COLUMN answer_shape;"
                      "DROP INDEX candidates_behaviour; ALTER TABLE candidates DROP COLUMN behaviour;"
-                     "ALTER TABLE candidates DROP COLUMN units; UPDATE schema_version SET version = 1;")
+                     "ALTER TABLE candidates DROP COLUMN units; ALTER TABLE candidates DROP COLUMN controlled; UPDATE schema_version SET version = 1;")
     db.close()
     with ArchiveStore(path, readonly=True) as reader:
         assert reader.exchanges(run)[0]["rejections"] == [] and reader.rejections(run) == []
