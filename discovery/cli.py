@@ -280,7 +280,7 @@ def run(
     baseline: list[str] = typer.Option(None, help="zoo objectives of generation 0 (repeatable; default the "
                                                   "reported losses sft, dpo, ipo, orpo, cpl; 'all': the whole zoo)"),
     top_k: int = typer.Option(3, min=1, help="finalists of the final report (top elites of distinct behaviour)"),
-    fresh_seeds: int = typer.Option(3, min=2, help="pi_ref seeds of the final report (fresh seeds, test data seed)"),
+    fresh_seeds: int = typer.Option(3, min=2, help="pi_ref seeds per test data draw of the final report (fresh seeds)"),
     max_seeds: int = typer.Option(4, min=1, help="racing cap: training seeds a promising candidate may get "
                                                  "(rungs double from --seeds)"),
     allow_non_monotone: bool = typer.Option(False, "--allow-non-monotone",
@@ -488,7 +488,7 @@ def _search(search, archive: str) -> None:
     try:
         with live or nullcontext():
             search.run(on_generation=on_generation)
-            refresh("final report: finalists and baselines on the test data seed with fresh seeds")
+            refresh("final report: finalists and baselines on the test data draws with fresh seeds")
             report = search.final_report()
     except KeyboardInterrupt:
         console.print(f"[yellow]interrupted[/yellow]: generations up to {search.generation - 1} are committed; "

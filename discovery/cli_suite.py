@@ -104,7 +104,7 @@ def check(
         return
     for r in reports:
         console.print(gates_table(r))
-        scores = Table(title=f"{r.task} {r.variant}: scores (normalised, test data seed, fresh seeds)")
+        scores = Table(title=f"{r.task} {r.variant}: scores (normalised, test data draws, fresh seeds)")
         for column in ("policy", "score", "ranking acc.", "- pi_ref (paired)", "- shuffled (paired)"):
             scores.add_column(column, justify="right" if column != "policy" else "left")
         for row in r.rows:

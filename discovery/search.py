@@ -9,8 +9,11 @@ failed LLM call) the scheduler's fallback fills the generation.
 
 Every proposal goes through one screening pipeline (`discovery.screening`: new form, valid preference
 loss, descriptors, new behaviour). Fitness is raced (`discovery.racing`): the yardsticks at the cap,
-every proposal at the first rung, the promising ones on more seeds. The proposer is then told the
-results, and its new state (JSON, ``proposer:<name>``) is committed with the generation.
+every proposal at the first rung, the promising ones on more seeds. Every yardstick, and every proposal
+whose raced score could enter the QD grid or the hall of fame's front, is then trained on the
+label-shuffled data on its own units, and its fitness becomes what the labels add
+(`evaluators.fitness.label_score`): the side channel (pi_ref's likelihood already ranks many pairs) no longer
+wins the search. The proposer is then told the results, and its new state (JSON, ``proposer:<name>``) is committed with the generation.
 `final_report` ends a run (`discovery.report`).
 
 Everything a generation produces (candidates, rejections, proposer state, counters) is written in ONE
@@ -47,12 +50,13 @@ from discovery.proposers import REGISTRY, ArchiveView, Proposed, Proposer, ZooPr
 from discovery.racing import ETA, MIN_CI_UNITS, halve, rung_of, rung_seeds, rungs, separated
 from discovery.scheduler import FALLBACK, Scheduler
 from discovery.screening import Screen, Screened
-from discovery.report import baseline_settings, build_report
+from discovery.report import baseline_settings, best_baseline, build_report
 from evaluators.datasets import parse_variant
 from evaluators.fitness import Evaluation, FitnessConfig, FitnessEvaluator, unit_scores
-from evaluators.protocol import TEST_DATA_SEED, Setting, score_with_controls
+from evaluators.protocol import TEST_DATA_SEED, TEST_DATA_SEEDS, Setting, score_over_draws
 from evaluators.suite import REPORTED_LOSSES, task_suite
 from evaluators.xla_target import xla_cpu_isa
+from grammar.identity import zoo_match
 from grammar.objective import Objective
 from grammar.zoo import ZOO
 
@@ -299,7 +303,7 @@ class _Pending:
         self.rows.append((p, {"status": "evaluated" if ev.fitness is not None else "failed", "reason": ev.failure,
                               "fitness": ev.fitness, "ci95": ev.ci95 if units >= MIN_CI_UNITS else None,
                               "descriptors": descriptors, "scores": ev.scores, "behaviour": behaviour,
-                              "units": units}))
+                              "units": units, "controlled": ev.controlled}))
 
 
 class Search:
@@ -518,19 +522,53 @@ class Search:
     # ------------------------------------------------------------------ evaluation
     def _evaluate(self, proposer: Proposer, screened: list[Screened], pending: _Pending) -> list:
         """One Evaluation per screened proposal (None for a rejected one): the yardsticks on every seed,
-        in one population of their own size (no padding up to the batch); proposals raced."""
-        trainable = [s.proposal.objective for s in screened if not s.reason]
-        if not trainable:
-            results = []
+        in one population of their own size (no padding up to the batch); proposals raced. Then the
+        label-shuffled twins of those that could enter the elites (all yardsticks), on their own units."""
+        trainable = [s for s in screened if not s.reason]
+        objectives = [s.proposal.objective for s in trainable]
+        if not objectives:
+            results, batch = [], 1
         elif not proposer.raced:
-            results = self.evaluator.evaluate(trainable, train_seeds=tuple(range(self.cfg.max_seeds)),
-                                              batch=min(len(trainable), self.cfg.fitness.batch))
+            batch = min(len(objectives), self.cfg.fitness.batch)
+            results = self.evaluator.evaluate(objectives, train_seeds=tuple(range(self.cfg.max_seeds)), batch=batch)
             results = [self._tag_rungs(ev) for ev in results]
             pending.state[PI_REF_KEY] = {"fitness": self.evaluator.pi_ref}
         else:
-            results = self._race(trainable, pending)
+            results, batch = self._race(objectives, pending), math.ceil(self.cfg.fitness.batch / ETA)
+        chosen = [i for i, (s, ev) in enumerate(zip(trainable, results))
+                  if ev.fitness is not None and (not proposer.raced or self._could_enter(ev.fitness, s))]
+        results = self._control(objectives, results, chosen, batch, pending, proposer.raced)
         results = iter(results)
         return [None if s.reason else next(results) for s in screened]
+
+    def _could_enter(self, fitness: float, screened: Screened) -> bool:
+        """Whether a candidate of this fitness (an upper bound of its figure once controlled) could enter the
+        QD grid or the hall of fame's front."""
+        return (self.qd.would_improve(fitness, screened.descriptors)
+                or self.hall.would_join_front(fitness, screened.proposal.identity.complexity))
+
+    def _control(self, objectives: list[Objective], results: list[Evaluation], chosen: list[int], batch: int,
+                 pending: _Pending, found: bool = True) -> list[Evaluation]:
+        """Train the ``chosen`` candidates' label-shuffled twins on each one's own units (candidates with the same
+        training seeds together) and fold them in (``Evaluation.with_control``): their fitness then counts only
+        what the labels add. Counts the twins' seed units (found candidates' and the yardsticks' apart)."""
+        by_seeds: dict[tuple[int, ...], list[int]] = {}
+        for i in chosen:
+            by_seeds.setdefault(tuple(sorted({int(r["seed"]) for r in results[i].scores})), []).append(i)
+        results = list(results)
+        units = 0
+        for seeds, members in by_seeds.items():
+            twins = self.evaluator.evaluate([objectives[i] for i in members], train_seeds=seeds, batch=batch,
+                                            shuffled=True)
+            for i, twin in zip(members, twins):
+                results[i] = results[i].with_control(twin)
+                units += len(twin.scores)
+        racing = dict(pending.state.get(RACING_KEY) or self.store.get_state(self.run_id, RACING_KEY,
+                                                                          {"units": 0, "at_cap": 0}))
+        key = "control_units" if found else "yardstick_control_units"
+        racing[key] = racing.get(key, 0) + units
+        pending.state[RACING_KEY] = racing
+        return results
 
     # ------------------------------------------------------------------ racing
     def _tag_rungs(self, ev: Evaluation) -> Evaluation:
@@ -543,7 +581,7 @@ class Search:
         """Unit scores of the fittest candidate scored at the cap (the yardstick of racing)."""
         for c in self.store.candidates(self.run_id, status="evaluated", order_by="fitness", descending=True,
                                        with_objective=False):
-            if (c["units"] or 0) >= self.cfg.max_seeds * self.cfg.fitness.reference_seeds:
+            if (c["units"] or 0) >= self.cfg.max_seeds * self.cfg.fitness.reference_seeds and c["controlled"] is not False:
                 return unit_scores(self.store.scores(c["id"], fresh=False))
         return None
 
@@ -576,9 +614,11 @@ class Search:
 
     # ------------------------------------------------------------------ the final report
     def finalists(self) -> list[CandidateRecord]:
-        """The top-k found candidates of distinct behaviour, those raced to the cap first, by fitness."""
+        """The top-k found candidates of distinct behaviour whose fitness counts only what the labels add
+        (twins trained), those raced to the cap first, by fitness."""
         found = [c for c in self.store.candidates(self.run_id, status="evaluated", order_by="fitness",
-                                                  descending=True) if c["origin"] != BASELINE_ORIGIN]
+                                                  descending=True)
+                 if c["origin"] != BASELINE_ORIGIN and c["controlled"] is not False]
         cap = self.cfg.max_seeds * self.cfg.fitness.reference_seeds
         found.sort(key=lambda c: (c["units"] or 0) < cap)  # stable: by fitness within each group
         out, behaviours = [], set()
@@ -591,42 +631,64 @@ class Search:
                 break
         return out
 
+    def zoo_origin(self, candidate: CandidateRecord) -> tuple[str | None, str | None]:
+        """(zoo structure, origin) of a candidate: "apo_zero at β 0.0127" when its structure is a zoo loss's
+        (else None), and the zoo loss it comes from: that one, else its nearest zoo ancestor (lineage)."""
+        match = zoo_match(candidate["objective"], candidate.get("structure_hash"))
+        if match:
+            return match.describe(), match.name
+        roots = [c["objective"].name for c in self.store.lineage(candidate["id"])[1:] if c["origin"] == BASELINE_ORIGIN]
+        return None, (roots[0] if roots and roots[0] in ZOO else None)
+
     def final_report(self) -> dict:
-        """Finalists, baselines, pi_ref and the oracle on the test data seed with fresh seeds, controls and
+        """Finalists, baselines, pi_ref and the oracle on the test data seeds with fresh seeds, controls and
         held-out combos (`discovery.report`); stored in the run's state and returned."""
         cfg, fc = self.cfg, self.cfg.fitness
         chosen = self.finalists()
-        finalists = [{"label": f"#{c['id']}", "id": c["id"], "formula": c["objective"].short_text(120),
-                      "search": c["fitness"], "search_ci": c["ci95"], "units": c["units"],
-                      "rung0": Evaluation(None, None, self.store.scores(c["id"], fresh=False)).rung0_fitness()}
-                     for c in chosen]
+        finalists = []
+        for c in chosen:
+            structure, origin = self.zoo_origin(c)
+            finalists.append({"label": f"#{c['id']}", "id": c["id"], "formula": c["objective"].short_text(120),
+                              "search": c["fitness"], "search_ci": c["ci95"], "units": c["units"],
+                              "rung0": Evaluation(None, None, self.store.scores(c["id"], fresh=False)).rung0_fitness(),
+                              "zoo_structure": structure, "origin": origin})
         settings = [Setting(f["label"], c["objective"], fc.train.lr, fc.train.steps) for f, c in zip(finalists, chosen)]
-        names = tuple(n for n in REPORTED_LOSSES if not cfg.baselines or n in cfg.baselines)
-        main = self.evaluator.combos(fresh=True, seeds=cfg.fresh_seeds)
-        holdouts = [fc.combo(*parse_holdout(h), TEST_DATA_SEED, main[0].protocol, self.evaluator.cache, self.on_event)
-                    for h in cfg.holdouts if parse_holdout(h)[0] != LM_TASK]
-        tables = []
-        for combo in main + holdouts:
-            self.on_event(f"final report: {combo.name} (test data), {len(settings)} finalists with their "
-                          f"shuffled controls and the {cfg.report_baselines} baselines")
-            base = baseline_settings(names, cfg.report_baselines, combo.task.name, combo.variant.spec, fc.train)
-            tables.append(score_with_controls(combo, settings, base, fc.train, batch=fc.batch, backend=fc.backend))
+        names = cfg.baselines or tuple(ZOO)  # what the run started from
+        origins = tuple(dict.fromkeys(f["origin"] for f in finalists if f["origin"]))
+        scored = names + tuple(o for o in origins if o not in names)
+        draws = len(TEST_DATA_SEEDS)
+        fresh = self.evaluator.combos(fresh=True, seeds=cfg.fresh_seeds)
+        main = [fresh[i:i + draws] for i in range(0, len(fresh), draws)]
+        protocol = fresh[0].protocol
+        holdouts = [[fc.combo(*parse_holdout(h), d, protocol, self.evaluator.cache, self.on_event)
+                     for d in TEST_DATA_SEEDS] for h in cfg.holdouts if parse_holdout(h)[0] != LM_TASK]
+        label = {n: f"{n} ({cfg.report_baselines})" for n in scored}
+        tables, best = [], None
+        for k, combos in enumerate(main + holdouts):
+            if k == len(main):  # held out: the finalists against the best baseline and their zoo origins only
+                best = best_baseline([label[n] for n in names], tables)
+                scored = tuple(dict.fromkeys([n for n in names if label[n] == best] + list(origins)))
+            self.on_event(f"final report: {combos[0].name} (test data, {draws} draws), {len(settings)} finalists "
+                          f"with their shuffled controls and {len(scored)} {cfg.report_baselines} baselines")
+            base = baseline_settings(scored, cfg.report_baselines, combos[0].task.name, combos[0].variant.spec,
+                                     fc.train)
+            tables.append(score_over_draws(combos, settings, base, fc.train, batch=fc.batch, backend=fc.backend))
         for h in cfg.holdouts:
             task, variant = parse_holdout(h)
             if task == LM_TASK:
                 self.on_event(f"final report: lm {variant} (test data), {len(settings)} finalists trained through TRL")
-                tables.append(language_table(settings, names, cfg.report_baselines, variant, main[0].protocol,
+                tables.append(language_table(settings, names, cfg.report_baselines, variant, protocol,
                                              self.on_event))
-        labels = [f"{n} ({cfg.report_baselines})" for n in names]
-        report = build_report(finalists, labels, tables[:len(main)], tables[len(main):],
-                              main[0].protocol.describe(), cfg.report_baselines,
-                              self.store.get_state(self.run_id, RACING_KEY))
+        report = build_report(finalists, [label[n] for n in names], tables[:len(main)], tables[len(main):],
+                              protocol.describe(), cfg.report_baselines, self.store.get_state(self.run_id, RACING_KEY),
+                              data_seeds=TEST_DATA_SEEDS, units_per_seed=draws * len(protocol.train_seeds),
+                              origins={o: label[o] for o in origins})
         with self.store.transaction():
             for f, row in zip(finalists, [r for r in report["rows"] if r["kind"] == "finalist"]):
                 if "fresh" in row:
-                    scores = [{"task": combo.task.name, "dataset": combo.variant.spec, "seed": s, "reference_seed": r,
-                               "score": float(x)} for combo, t in zip(main, tables)
-                              for (r, s), x in zip(t.units, t.unit_scores(f["label"]))]
+                    scores = [{"task": combos[0].task.name, "dataset": combos[0].variant.spec, "data_seed": d,
+                               "seed": s, "reference_seed": r, "score": float(x)} for combos, t in zip(main, tables)
+                              for (d, r, s), x in zip(t.units, t.unit_scores(f["label"]))]
                     self.store.set_fresh(f["id"], row["fresh"][0], row["fresh"][1], scores)
             self.store.put_state(self.run_id, REPORT_KEY, report)
         self.store.set_run_status(self.run_id, "finished")

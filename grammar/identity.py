@@ -41,3 +41,43 @@ def dedupe_key(objective: Objective) -> str:
     """
     values = {SYMBOLS[n]: sympy.Rational(f"{v:.{DEDUPE_DIGITS}g}") for n, v in objective.constants.items()}
     return structure_hash(objective.loss_expr().xreplace(values))
+
+
+GREEK = {"beta": "β", "eps": "ε", "gamma": "γ", "tau": "τ", "lam": "λ", "delta": "δ"}
+
+
+@dataclass(frozen=True)
+class ZooMatch:
+    """A loss whose canonical structure (constants aside) is a zoo loss's: that loss at these constants."""
+
+    name: str
+    constants: tuple[tuple[str, float], ...]  # the constants the structure uses, by name
+
+    def describe(self) -> str:
+        """E.g. "apo_zero at β 0.0127" (a zoo loss without constants: just its name)."""
+        values = ", ".join(f"{GREEK.get(n, n)} {v:.3g}" for n, v in self.constants)
+        return f"{self.name} at {values}" if values else self.name
+
+
+def _zoo_structures() -> dict[str, str]:
+    global _ZOO_STRUCTURES
+    if _ZOO_STRUCTURES is None:
+        from grammar.zoo import ZOO
+
+        _ZOO_STRUCTURES = {}
+        for name, entry in ZOO.items():  # the first zoo name of a structure names it
+            _ZOO_STRUCTURES.setdefault(structure_hash(entry.objective), name)
+    return _ZOO_STRUCTURES
+
+
+_ZOO_STRUCTURES: dict[str, str] | None = None
+
+
+def zoo_match(objective: Objective, structure: str | None = None) -> ZooMatch | None:
+    """The zoo loss ``objective`` is structurally (`structure_hash`: constants symbolic) equal to, or None.
+    ``structure``: the objective's structure hash when already known (a stored candidate's)."""
+    name = _zoo_structures().get(structure or structure_hash(objective))
+    if name is None:
+        return None
+    used = {s.name for s in objective.loss_expr().free_symbols}
+    return ZooMatch(name, tuple((n, float(v)) for n, v in objective.constants.items() if n in used))

@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 
 from discovery.racing import halve, paired_difference, rung_of, rung_seeds, rungs, separated
-from discovery.report import SHUFFLED, build_report, holm, markdown, paired_test, table_rows
+from discovery.report import LABEL_USE, SHUFFLED, VERDICTS, build_report, detectable, holm, markdown, \
+    paired_test, table_rows, three_way, units_needed
 from evaluators.protocol import ScoreTable
 
 
@@ -56,30 +57,53 @@ def _table(combo: str, rows: dict[str, np.ndarray]) -> ScoreTable:
     return ScoreTable(combo, labels, units, scores, scores, np.full(scores.shape[:2], np.nan))
 
 
-def test_report_verdicts_controls_and_best_baseline():
+def test_report_verdicts_are_three_valued_with_what_the_units_could_show():
+    """Each of the three outcomes of both verdicts appears; a negative one only where the interval excludes a gain."""
     rng = np.random.default_rng(1)
     base = 50 + 5 * rng.standard_normal(6)  # what every policy shares on a unit (common random numbers)
-    rows = {"#1": base + 20 + rng.standard_normal(6), "#2": base + 20 + rng.standard_normal(6),
-            "#3": base - 15 + rng.standard_normal(6), "#4": base + rng.standard_normal(6),
-            "dpo (tuned)": base + rng.standard_normal(6), "sft (tuned)": base - 5 + rng.standard_normal(6),
+    noise = lambda: rng.standard_normal(6)  # noqa: E731
+    rows = {"#1": base + 20 + noise(), "#2": base + 20 + noise(), "#3": base - 15 + noise(), "#4": base + 3 * noise(),
+            "dpo (tuned)": base + noise(), "sft (tuned)": base - 5 + noise(), "apo_zero (tuned)": base + 10 + noise(),
             "pi_ref": base - 10, "oracle": base + 40,
-            "#1" + SHUFFLED: base - 10 + rng.standard_normal(6), "#2" + SHUFFLED: base + 20 + rng.standard_normal(6),
-            "#3" + SHUFFLED: base - 30 + rng.standard_normal(6), "#4" + SHUFFLED: base - 20 + rng.standard_normal(6)}
+            "#1" + SHUFFLED: base - 10 + noise(), "#2" + SHUFFLED: base + 20 + 3 * noise(),
+            "#3" + SHUFFLED: base - 30 + noise(), "#4" + SHUFFLED: base + 10 + noise()}
     finalists = [{"label": f"#{i}", "id": i, "formula": f"f{i}", "search": 70.0, "search_ci": 3.0, "units": 8,
-                  "rung0": 75.0} for i in (1, 2, 3, 4)]
+                  "rung0": 75.0, "zoo_structure": "apo_zero at β 0.0127" if i == 1 else None,
+                  "origin": "apo_zero" if i == 1 else "dpo"} for i in (1, 2, 3, 4)]
     held = _table("hopper clean", {k: v + 1 for k, v in rows.items()})
     report = build_report(finalists, ["sft (tuned)", "dpo (tuned)"], [_table("halfcheetah noisy:0.2", rows)],
-                          [held], "6 units", "tuned", {"units": 30, "at_cap": 120})
+                          [held], "6 units", "tuned", {"units": 30, "at_cap": 120}, data_seeds=(1, 2),
+                          units_per_seed=2, origins={"apo_zero": "apo_zero (tuned)", "dpo": "dpo (tuned)"})
     by = {r["label"]: r for r in report["rows"]}
-    assert report["best_baseline"] == "dpo (tuned)" and by["dpo (tuned)"]["best_baseline"]
-    assert by["#1"]["verdict"] == "better" and by["#1"]["uses_preferences"]
-    assert by["#2"]["verdict"] == "does not use the preferences", "as good as its shuffled self: never a winner"
-    assert by["#3"]["verdict"] == "worse"
-    assert by["#4"]["verdict"] == "not distinguishable"
+    assert report["best_baseline"] == "dpo (tuned)", "the best of what the run started from, not of the origins"
+    assert by["apo_zero (tuned)"]["kind"] == "baseline" and not by["apo_zero (tuned)"]["best_baseline"]
+    assert [by[f"#{i}"]["label_use"] for i in (1, 2, 3, 4)] == [
+        "uses the preferences", "label use not shown", "uses the preferences", "does not use the preferences"]
+    assert [by[f"#{i}"]["verdict"] for i in (1, 2, 3, 4)] == ["better", "better", "worse", "not shown"]
     ps = [by[f"#{i}"]["p"] for i in (1, 2, 3, 4)]
     assert [by[f"#{i}"]["p_holm"] for i in (1, 2, 3, 4)] == pytest.approx(holm(ps))
+    assert by["#1"]["minus_origin"][0] == pytest.approx(10, abs=2) and by["#1"]["origin_label"] == "apo_zero (tuned)"
+    d = rows["#4"] - rows["dpo (tuned)"]
+    assert by["#4"]["detectable"] == pytest.approx(detectable(d))
+    assert by["#4"]["seeds_needed"] == max(2, math.ceil(units_needed(d) / 2))
     assert by["#1"]["holdout_minus_best"]["hopper clean"][0] == pytest.approx(by["#1"]["minus_best"][0])
     head, cells = table_rows(report)
     assert "held out: hopper clean" in head and len(cells) == len(report["rows"])
     text = markdown(report)
     assert "★ best baseline" in text and "75% saved" in text and "does not use the preferences" in text
+    assert "[= apo_zero at β 0.0127]" in text and "data seeds 1, 2" in text
+    assert f"not shown (detects ≥ {by['#4']['detectable']:.1f}" in text
+
+
+def test_smallest_detectable_difference_and_the_units_that_would_show_one():
+    d = np.array([1.0, -1.0, 2.0, 0.0, 1.5, 0.5])
+    n, sd = len(d), d.std(ddof=1)
+    from scipy import stats
+    expected = (stats.t.ppf(0.975, n - 1) + stats.t.ppf(0.8, n - 1)) * sd / math.sqrt(n)
+    assert detectable(d) == pytest.approx(expected)
+    need = units_needed(d)
+    grown = lambda k: (stats.t.ppf(0.975, k - 1) + stats.t.ppf(0.8, k - 1)) * sd / math.sqrt(k)  # noqa: E731
+    assert grown(need) <= d.mean() < grown(need - 1)
+    assert units_needed(np.array([1.0, -1.0])) is None and math.isinf(detectable(np.array([1.0])))
+    assert three_way(True, False, VERDICTS) == "better" and three_way(False, True, VERDICTS) == "worse"
+    assert three_way(False, False, LABEL_USE) == "label use not shown"
