@@ -45,6 +45,8 @@ def relu(x):
 
 
 def safe_div(a, b):
+    if not torch.is_tensor(a) and not torch.is_tensor(b):  # a constant part of the loss
+        return a / (b if abs(b) > SAFE_EPS else (SAFE_EPS if b >= 0 else -SAFE_EPS))
     if not torch.is_tensor(b):
         b = torch.as_tensor(b, dtype=a.dtype, device=a.device)
     guard = torch.where(b >= 0, torch.full_like(b, SAFE_EPS), torch.full_like(b, -SAFE_EPS))
