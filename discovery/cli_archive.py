@@ -15,6 +15,7 @@ from collections import defaultdict
 import typer
 from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 from rich.tree import Tree
 
 from archive.store import REPORT_KEY
@@ -89,6 +90,22 @@ def _descriptors(c: dict) -> str:
                     if name != "complexity")
 
 
+def zoo_structure(c: dict) -> str | None:
+    """The zoo loss a stored candidate is, constants aside ("dpo at β 0.3"; `grammar.identity.zoo_match`)."""
+    from grammar.identity import zoo_match
+
+    match = zoo_match(c["objective"], c["structure_hash"])
+    return match.describe() if match else None
+
+
+def formula_cell(c: dict, limit: int = 90) -> Text:
+    """A stored candidate's formula as one line of a table cell (no markup: "[beta=0.3]" stays), after
+    "= dpo at β 0.3: " when its structure is a zoo loss's."""
+    zoo = zoo_structure(c)
+    mark = f"= {zoo}: " if zoo else ""
+    return Text(mark + c["objective"].short_text(max(16, limit - len(mark))), no_wrap=True, overflow="ellipsis")
+
+
 def _cut(text: str, n: int) -> str:
     return text if len(text) <= n else text[:n - 1] + "…"
 
@@ -150,13 +167,14 @@ def list_candidates(
         for name, justify in (("id", "right"), ("gen", "right"), ("origin", "left"), ("fitness ± ci (n)", "right"),
                               ("fresh ± ci", "right"), ("complexity", "right"), ("descriptors", "left"),
                               ("formula", "left")):
-            table.add_column(name, justify=justify, no_wrap=True, overflow="ellipsis",
+            # the formula's cells are one line each (`formula_cell`); only its column shrinks to fit the terminal
+            table.add_column(name, justify=justify, no_wrap=name != "formula", overflow="ellipsis",
                              min_width=None if name == "formula" else len(name))
         for c in rows:
             fitness = _scored(c) if c["status"] == "evaluated" else f"[dim]{c['status']}[/dim]"
             table.add_row(str(c["id"]), str(c["generation"]), _origin(c), fitness,
                           _pm(c["fresh_fitness"], c["fresh_ci95"]), f"{c['complexity']:.0f}", _descriptors(c),
-                          c["objective"].short_text(max(16, console.width - LIST_FIXED_WIDTH)))
+                          formula_cell(c, console.width - LIST_FIXED_WIDTH))
         console.print(table)
         if status in (None, "rejected"):
             _print_llm_refusals(store, r["id"], limit)
@@ -259,6 +277,7 @@ def show(candidate_id: int = typer.Argument(..., help="candidate id"), archive: 
             console.print(f"reason: {c['reason']}", highlight=False)
         console.print(f"fitness {_scored(c)}   fresh seeds {_pm(c['fresh_fitness'], c['fresh_ci95'])}"
                       f"   complexity {c['complexity']:.0f}   {_descriptors(c)}", highlight=False)
+        console.print(f"zoo structure: {zoo_structure(c) or 'none (a new structure)'}", highlight=False)
         parts = Table(title=f"formula ({obj.shape} shape)", show_header=False)
         for part, expr in obj.parts().items():
             parts.add_row(part, _text(expr))

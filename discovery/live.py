@@ -7,7 +7,8 @@ from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
-from discovery.report import racing_line, table_rows
+from discovery.cli_archive import formula_cell
+from discovery.report import data_seeds_text, racing_line, table_rows
 from discovery.search import Generation, Search
 from discovery.text import printable
 
@@ -67,7 +68,7 @@ def live_view(search: Search, history: list[Generation], status: str) -> Panel:
     for cid in reversed(recent):
         c = search.store.candidate(cid)
         elites.add_row(str(cid), str(c["generation"]), c["origin"], _fmt(c["fitness"], c["ci95"], c["units"]),
-                       c["objective"].short_text())
+                       formula_cell(c))
 
     reasons = Table(title="rejections by kind", title_justify="left", expand=True)
     reasons.add_column("count", justify="right")
@@ -87,12 +88,13 @@ def live_view(search: Search, history: list[Generation], status: str) -> Panel:
 def report_table(report: dict) -> Group:
     """The final report (`discovery.report`) as a terminal table, with the racing line under it."""
     head, cells = table_rows(report)
-    table = Table(title=f"final report: {report['protocol']}; data seed {report['data_seed']}; baselines "
+    table = Table(title=f"final report: {report['protocol']}; {data_seeds_text(report)}; baselines "
                         f"{report['baselines']}; {report['test']}", title_justify="left")
     for i, col in enumerate(head):
         table.add_column(col, justify="left" if i == 0 else "right", overflow="fold")
     for row, r in zip(cells, report["rows"]):
-        style = {"better": "bold green", "worse": "red", "does not use the preferences": "yellow"}.get(
+        blind = r.get("label_use") == "does not use the preferences"
+        style = "yellow" if blind else {"better": "bold green", "worse": "red"}.get(
             r.get("verdict"), "dim" if r["kind"] == "baseline" and not r["best_baseline"] else None)
         table.add_row(*row, style=style)
     line = racing_line(report)

@@ -12,6 +12,7 @@ loss computes what the kernel scored.  The sympy script builds the loss over the
 means are defined in it as sum / max(len, 1)), each protected operator replaced by its exact definition in
 plain sympy (exp, log, Max, Min, Piecewise), written in the overflow-free form the kernel computes
 (softplus(x) = max(x, 0) + log(1 + e^-|x|), ...), so `lambdify` is finite wherever the kernel is.
+Each header names the zoo loss the objective is, constants aside, when it is one (`grammar.identity.zoo_match`).
 """
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ import sympy
 from sympy.printing.str import StrPrinter
 
 from grammar import ops_jax, ops_numpy
+from grammar.identity import zoo_match
 from grammar.language import (
     CONSTANT_NAMES, EXP_CLIP, POW_LIMIT, PROTECTED, SAFE_EPS, SYMBOLS, VARIABLES, PhiInv, ProtectedFunction,
     logsigmoid, sigmoid, softplus,
@@ -149,14 +151,22 @@ def _python_module(objective: Objective, backend: _Backend) -> str:
 
     text = objective.to_dict()["parts"]
     formula = "\n".join(f"    {k} = {v}" for k, v in text.items())
+    structure = _structure_note(objective)
     doc = (f'"""Objective {objective.name!r} ({objective.shape} form), exported by MPO Discover.\n\n'
-           f"{formula}\n\nStandalone: needs only {backend.name}.  Guards: {_guard_text(helper_names)}\n"
+           f"{formula}\n\n" + (f"{structure}\n\n" if structure else "")
+           + f"Standalone: needs only {backend.name}.  Guards: {_guard_text(helper_names)}\n"
            f'"""')
     return (f"{doc}\n{backend.imports}\n\n{_GUARDS}\nCONSTANTS = {dict(objective.constants)!r}\n\n\n"
             f"{helpers}\n\n\n"
             f"def loss({arguments}{keyword}):\n"
             f'    """Per-pair loss.  Log-likelihoods are sums over steps; lengths are step counts."""\n'
             + "".join(f"    {line}\n" for line in body))
+
+
+def _structure_note(objective: Objective) -> str | None:
+    """A header line naming the zoo loss the objective is, constants aside (`grammar.identity.zoo_match`)."""
+    match = zoo_match(objective)
+    return f"Structure: the zoo loss {match.describe()} (same canonical form, constants aside)." if match else None
 
 
 def _guard_text(helper_names: list[str]) -> str:
@@ -207,8 +217,9 @@ def export_latex(objective: Objective) -> str:
             f"{_latex(SYMBOLS[k])} = {v:g}" for k, v in objective.constants.items()))
     used = {type(e) for e in sympy.preorder_traversal(objective.loss_expr())}
     notes = [f"% {cls.grammar_name}: {cls.domain}" for cls in PROTECTED if cls in used]
-    return "\n".join([f"% {objective.name}: exported by MPO Discover", *notes,
-                      r"\begin{aligned}", " \\\\\n".join(rows), r"\end{aligned}"]) + "\n"
+    structure = _structure_note(objective)
+    header = [f"% {objective.name}: exported by MPO Discover", *([f"% {structure}"] if structure else []), *notes]
+    return "\n".join([*header, r"\begin{aligned}", " \\\\\n".join(rows), r"\end{aligned}"]) + "\n"
 
 
 def _softplus_stable(x):
@@ -235,10 +246,12 @@ def export_sympy(objective: Objective) -> str:
     means = [n for n in _MEANS if n in used]
     inputs = {n for n in used if n in VARIABLES and n not in _MEANS} | {x for m in means for x in _MEANS[m]}
     symbols = [n for n in VARIABLES if n in inputs] + [n for n in CONSTANT_NAMES if n in used]
+    structure = _structure_note(objective)
     lines = [f'"""Objective {objective.name!r}, exported by MPO Discover: the loss in plain sympy.',
              "", "Inputs are sequence log-likelihood sums, lengths and progress t (as the trainer's); protected",
              "operators appear through their exact definitions; evaluate with",
              "`sympy.lambdify(list(SYMBOLS.values()), loss)` or `loss.subs(...).evalf()`.",
+             *(["", structure] if structure else []),
              '"""', "import sympy", "from sympy import E, Abs, Max, Min, Piecewise, S, exp, log, sqrt, tanh", ""]
     for name in symbols:
         assumption = "positive=True" if SYMBOLS[name].is_positive else "real=True"

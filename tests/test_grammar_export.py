@@ -223,3 +223,15 @@ def test_sympy_export_takes_the_trainers_inputs_and_derives_the_means(tmp_path):
     assert not any(name.startswith("m") for name in module.SYMBOLS), "per-step means are not free symbols"
     orpo = _load(export_sympy(ZOO["orpo"].objective), tmp_path)
     assert orpo.mlogp_w == orpo.logp_w / sympy.Max(orpo.len_w, 1)
+
+
+def test_headers_name_the_zoo_structure(tmp_path):
+    found = Objective.free("found", "sigmoid(beta*(logp_l - ref_l)) - sigmoid(beta*(logp_w - ref_w)) + 1",
+                           constants={"beta": 0.0127})
+    line = "Structure: the zoo loss apo_zero at β 0.0127 (same canonical form, constants aside)."
+    for fmt in ("torch", "jax", "sympy"):
+        source = export(found, fmt)
+        assert line in ast.get_docstring(ast.parse(source)), fmt
+        assert "Structure:" not in export(KITCHEN_SINK, fmt), fmt  # a structure not in the zoo: no line
+    assert f"% {line}" in export_latex(found) and "Structure:" not in export_latex(KITCHEN_SINK)
+    assert _load(export_torch(found), tmp_path).CONSTANTS == {"beta": 0.0127}  # still a working module

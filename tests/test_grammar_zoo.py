@@ -6,7 +6,10 @@ import numpy as np
 import pytest
 
 from grammar import kernel
+from grammar.canonical import structure_hash
 from grammar.compile import compile_numpy
+from grammar.identity import zoo_match
+from grammar.objective import Objective
 from grammar.zoo import ZOO, baseline
 
 
@@ -140,3 +143,32 @@ def test_orpo_log_odds_guard_for_densities():
     clipped_log_odds = 3.0 - np.log(-np.expm1(-1e-6))
     expected = -3.0 - 0.1 * log_sigmoid(clipped_log_odds - log_odds(-1.0))
     assert values[-1] == pytest.approx(expected, rel=1e-12)
+
+
+# ------------------------------------------------------------------------- zoo structure (identity)
+APO_ZERO_REWRITTEN = "sigmoid(beta*(logp_l - ref_l)) - sigmoid(beta*(logp_w - ref_w)) + 1"
+
+
+@pytest.mark.parametrize("name", list(ZOO))
+def test_every_zoo_loss_matches_itself(name):
+    match = zoo_match(ZOO[name].objective)
+    assert match is not None and match.name == name
+    assert dict(match.constants) == dict(ZOO[name].objective.constants)
+
+
+def test_a_zoo_loss_written_differently_with_other_constants_is_named():
+    found = Objective.free("x", APO_ZERO_REWRITTEN, constants={"beta": 0.0127})
+    assert zoo_match(found).describe() == "apo_zero at β 0.0127"
+    assert zoo_match(found, structure_hash(found)) == zoo_match(found)  # a stored candidate's hash
+    assert zoo_match(Objective.mpo("y", g="-logsigmoid(z)", constants={"beta": 0.3})).describe() == "dpo at β 0.3"
+    assert zoo_match(baseline("sft").replace(name="copy")).describe() == "sft"  # no constants: just the name
+
+
+@pytest.mark.parametrize("objective", [
+    Objective.free("x", APO_ZERO_REWRITTEN.replace("+ 1", "+ 2"), constants={"beta": 0.0127}),
+    Objective.free("x", APO_ZERO_REWRITTEN.replace("sigmoid(beta*(logp_l", "sigmoid(lam*(logp_l"),
+                   constants={"beta": 0.0127, "lam": 0.0127}),
+    Objective.mpo("y", g="softplus(-z) + c0*relu(-z)", constants={"c0": 0.5}),
+], ids=["another offset", "another constant on one side", "a new g"])
+def test_near_misses_are_not_zoo_losses(objective):
+    assert zoo_match(objective) is None
