@@ -71,8 +71,11 @@ def _pm(value: float | None, ci: float | None = None, digits: int = 1) -> str:
 
 
 def _scored(c: dict) -> str:
-    """Fitness with its CI (none is stored from fewer than 3 seed units) and the units behind it."""
-    return _pm(c["fitness"], c["ci95"]) + (f" (n={c['units']})" if c.get("units") else "")
+    """Fitness with its CI (none is stored from fewer than 3 seed units) and the units behind it; "≤" marks a
+    plain score, an upper bound of the figure the search ranks by (no shuffled twins: it could not enter
+    the elites)."""
+    bound = "≤ " if c.get("controlled") is False else ""
+    return bound + _pm(c["fitness"], c["ci95"]) + (f" (n={c['units']})" if c.get("units") else "")
 
 
 def _origin(c: dict) -> str:
@@ -277,6 +280,11 @@ def show(candidate_id: int = typer.Argument(..., help="candidate id"), archive: 
             console.print(f"reason: {c['reason']}", highlight=False)
         console.print(f"fitness {_scored(c)}   fresh seeds {_pm(c['fresh_fitness'], c['fresh_ci95'])}"
                       f"   complexity {c['complexity']:.0f}   {_descriptors(c)}", highlight=False)
+        if c.get("controlled") is not None:
+            console.print("fitness: " + ("what the labels add (its score less its label-shuffled twins' gain over "
+                                         "pi_ref, on the same units)" if c["controlled"] else
+                                         "its plain score, an upper bound (it could not enter the elites, so no "
+                                         "shuffled twins were trained)"), highlight=False)
         console.print(f"zoo structure: {zoo_structure(c) or 'none (a new structure)'}", highlight=False)
         parts = Table(title=f"formula ({obj.shape} shape)", show_header=False)
         for part, expr in obj.parts().items():

@@ -365,6 +365,18 @@ def test_cli_names_the_zoo_structure(synthetic):
     assert "zoo structure: none (a new structure)" in llm
 
 
+def test_cli_says_whether_a_fitness_counts_only_what_the_labels_add(tmp_path):
+    path = str(tmp_path / "c.db")
+    with ArchiveStore(path) as store:
+        run = store.create_run({"descriptors": "complexity,saturation"}, seed=0, code_version="test")
+        twins = add(store, run, baseline("dpo"), 40.0, controlled=True)
+        plain = add(store, run, baseline("hinge"), 30.0, controlled=False)
+        assert store.candidate(twins)["controlled"] is True and store.candidate(plain)["controlled"] is False
+    assert "≤ 30.0 ± 1.5" in cli("list", "--archive", path).output and "≤ 40.0" not in cli("list", "--archive", path).output
+    assert "fitness: what the labels add" in cli("show", twins, "--archive", path, "--no-plot").output
+    assert "an upper bound" in cli("show", plain, "--archive", path, "--no-plot").output
+
+
 @pytest.mark.parametrize("args,fragment", [
     (["list", "--archive", "{tmp}/nope.db"], "no archive at"),
     (["show", "999", "--archive", "{path}"], "unknown candidate 999"),
