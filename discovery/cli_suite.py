@@ -34,7 +34,7 @@ def show():
     """The suite's tasks, their datasets, and why a task is left out of the default suite."""
     from dataclasses import asdict
 
-    from evaluators.protocol import FRESH
+    from evaluators.protocol import FRESH, TEST_DATA_SEEDS
     from evaluators.suite import DEFAULT_VARIANTS, SUITE
 
     table = Table(title="diagnostic suite")
@@ -47,7 +47,7 @@ def show():
                       + (f", return to go {d['return_to_go']}" if d["return_to_go"] else ""),
                       f"{s.train.steps} steps, lr {s.train.lr:g}", s.excluded or "")
     console.print(table)
-    console.print(f"variants: {', '.join(DEFAULT_VARIANTS)} (each with its +shuffled control)\nprotocol: {FRESH.describe()}")
+    console.print(f"variants: {', '.join(DEFAULT_VARIANTS)} (each with its +shuffled control)\nprotocol: {FRESH.describe(TEST_DATA_SEEDS)}")
     try:
         from evaluators.language.suite import describe
     except ImportError as e:  # the lm extra is not installed

@@ -203,11 +203,11 @@ def _diff(x) -> str:
     return "—" if not x else f"{x[0]:+.1f} ± {x[1]:.1f}"
 
 
-def _verdict(verdict: str, detectable_: float | None, seeds: int | None) -> str:
+def _verdict(verdict: str, detectable_: float | None, seeds: int | None, observed: list | None) -> str:
     """A verdict and, beside a "not shown", what this run's units could have shown and what would settle it."""
     if not verdict or verdict == "failed" or detectable_ is None or verdict not in (LABEL_USE[1], VERDICTS[1]):
         return verdict or ""
-    need = f"; --fresh-seeds {seeds} would show the observed one" if seeds else ""
+    need = f"; --fresh-seeds {seeds} would show the observed {observed[0]:+.1f}" if seeds and observed else ""
     return f"{verdict} (detects ≥ {detectable_:.1f}{need})" if math.isfinite(detectable_) else verdict
 
 
@@ -233,8 +233,10 @@ def table_rows(report: dict) -> tuple[list[str], list[list[str]]]:
                                                  if r.get("holdout_minus_best", {}).get(c) else "")
                    for c in report["holdout_columns"]]
         origin = f"{_diff(r['minus_origin'])} vs {r['origin_label']}" if r.get("minus_origin") else ""
-        label_use = _verdict(r.get("label_use", ""), r.get("label_use_detectable"), r.get("label_use_seeds_needed"))
-        verdict = _verdict(r.get("verdict", ""), r.get("detectable"), r.get("seeds_needed")) or r["failure"]
+        label_use = _verdict(r.get("label_use", ""), r.get("label_use_detectable"), r.get("label_use_seeds_needed"),
+                             r.get("minus_shuffled"))
+        verdict = _verdict(r.get("verdict", ""), r.get("detectable"), r.get("seeds_needed"),
+                           r.get("minus_best")) or r["failure"]
         cells.append([name, search] + [_pm(r["scores"][c]) for c in report["columns"]]
                      + [_pm(r.get("shuffled")), _diff(r.get("minus_shuffled")), label_use, origin,
                         _diff(r.get("minus_best")), f"{r['p_holm']:.3f}" if "p_holm" in r else "", verdict]

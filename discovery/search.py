@@ -680,7 +680,7 @@ class Search:
                 tables.append(language_table(settings, names, cfg.report_baselines, variant, protocol,
                                              self.on_event))
         report = build_report(finalists, [label[n] for n in names], tables[:len(main)], tables[len(main):],
-                              protocol.describe(), cfg.report_baselines, self.store.get_state(self.run_id, RACING_KEY),
+                              protocol.describe(TEST_DATA_SEEDS), cfg.report_baselines, self.store.get_state(self.run_id, RACING_KEY),
                               data_seeds=TEST_DATA_SEEDS, units_per_seed=draws * len(protocol.train_seeds),
                               origins={o: label[o] for o in origins})
         with self.store.transaction():

@@ -61,10 +61,15 @@ class Protocol:
     def units(self) -> list[tuple[int, int]]:
         return [(r, s) for r in self.reference_seeds for s in self.train_seeds]
 
-    def describe(self) -> str:
+    def describe(self, data_seeds: tuple[int, ...] = ()) -> str:
+        """The protocol in words; with ``data_seeds``, on each of those draws of the data (units over them)."""
+        draws = (f" on each of {len(data_seeds)} data draws (seeds {', '.join(map(str, data_seeds))})"
+                 if data_seeds else "")
+        unit = "(data seed, pi_ref seed, training seed)" if data_seeds else "(pi_ref, training) seed"
         return (f"{len(self.reference_seeds)} pi_ref seeds x {len(self.train_seeds)} training seeds x "
-                f"{self.episodes} episodes (start states seed {self.eval_seed}); paired Student-t 95% CI over "
-                f"the {len(self.units)} (pi_ref, training) seed units; {self.heldout_fraction:.0%} of pairs held out")
+                f"{self.episodes} episodes (start states seed {self.eval_seed}){draws}; paired Student-t 95% CI over "
+                f"the {len(self.units) * max(len(data_seeds), 1)} {unit} units; {self.heldout_fraction:.0%} of pairs "
+                "held out")
 
 
 SEARCH = Protocol(reference_seeds=(0,), train_seeds=(0, 1), episodes=2, eval_seed=10_000)

@@ -315,8 +315,7 @@ def check_variant(task: str, variant: str, protocol: Protocol = FRESH, cache: st
              ", ".join(winners) or "no tuned loss"),
         Gate("6 scale ranks", ratio, f"expert >= {THRESHOLDS['expert_over_standing']:g}x standing still",
              bool(ratio >= THRESHOLDS["expert_over_standing"]), f"standing-still return {r_zero:.0f}"),
-        Gate("7 protocol", None, "stated", None, f"{protocol.describe()}; on each of {len(data_seeds)} data draws "
-             f"(test data seeds {', '.join(map(str, data_seeds))}): units (data seed, pi_ref seed, training seed)"),
+        Gate("7 protocol", None, "stated", None, protocol.describe(tuple(data_seeds))),
     ]
     pairwise = {}
     for n in PAIRWISE_LOSSES:
@@ -381,7 +380,7 @@ def check(tasks: tuple[str, ...] = DEFAULT_TASKS, variants: tuple[str, ...] = DE
 
 def report_json(reports: list[VariantReport]) -> dict:
     tasks = sorted({r.task for r in reports}, key=list(SUITE).index)
-    return {"protocol": FRESH.describe(), "thresholds": THRESHOLDS,
+    return {"protocol": FRESH.describe(TEST_DATA_SEEDS), "thresholds": THRESHOLDS,
             "tasks": {t: {"passes": task_passes([r for r in reports if r.task == t]),
                           "in_default_suite": not SUITE[t].excluded, "excluded_because": SUITE[t].excluded,
                           "dataset": asdict(SUITE[t].dataset)} for t in tasks},
@@ -401,7 +400,7 @@ def _pm(pair) -> str:
 
 
 def report_markdown(reports: list[VariantReport]) -> str:
-    lines = [f"Protocol: {FRESH.describe()}.", ""]
+    lines = [f"Protocol: {FRESH.describe(TEST_DATA_SEEDS)}.", ""]
     for r in reports:
         lines += [f"### {r.task} {r.variant}", "", "| gate | figure | threshold | verdict | detail |", "|---|---|---|---|---|"]
         lines += [f"| {g.name} | {_fmt(g.figure)} | {g.threshold} | {verdict(g.passed)} | {g.detail} |" for g in r.gates]
