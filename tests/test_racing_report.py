@@ -107,3 +107,20 @@ def test_smallest_detectable_difference_and_the_units_that_would_show_one():
     assert units_needed(np.array([1.0, -1.0])) is None and math.isinf(detectable(np.array([1.0])))
     assert three_way(True, False, VERDICTS) == "better" and three_way(False, True, VERDICTS) == "worse"
     assert three_way(False, False, LABEL_USE) == "label use not shown"
+
+
+def test_the_label_figure_takes_away_only_what_the_shuffled_twin_gains_over_pi_ref():
+    from evaluators.fitness import Evaluation, label_score
+
+    assert label_score({"score": 80.0}) == 80.0  # no twin: the plain score, an upper bound
+    assert label_score({"score": 80.0, "shuffled": 70.0, "pi_ref": 55.0}) == 65.0  # the twin gained 15 without labels
+    assert label_score({"score": 80.0, "shuffled": 40.0, "pi_ref": 55.0}) == 80.0  # a twin below pi_ref takes nothing
+    rows = [{"task": "halfcheetah", "dataset": "noisy:0.2", "reference_seed": 0, "seed": s, "score": 80.0 + s,
+             "pi_ref": 55.0} for s in range(3)]
+    twins = [{"task": "halfcheetah", "dataset": "noisy:0.2+shuffled", "reference_seed": 0, "seed": s,
+              "score": 60.0 + 10 * s} for s in (2, 1, 0)]  # any order: matched by unit
+    plain = Evaluation(81.0, 1.0, rows)
+    controlled = plain.with_control(Evaluation(70.0, 1.0, twins))
+    assert not plain.controlled and controlled.controlled
+    assert controlled.unit_scores() == {(0, 0): 80.0 - 5.0, (0, 1): 81.0 - 15.0, (0, 2): 82.0 - 25.0}
+    assert controlled.fitness == pytest.approx((75.0 + 66.0 + 57.0) / 3) and controlled.fitness <= plain.fitness
