@@ -47,7 +47,8 @@ def show():
                       + (f", return to go {d['return_to_go']}" if d["return_to_go"] else ""),
                       f"{s.train.steps} steps, lr {s.train.lr:g}", s.excluded or "")
     console.print(table)
-    console.print(f"variants: {', '.join(DEFAULT_VARIANTS)} (each with its +shuffled control)\nprotocol: {FRESH.describe(TEST_DATA_SEEDS)}")
+    console.print(f"variants: {', '.join(DEFAULT_VARIANTS)} (each with its +shuffled control)\n"
+                  f"protocol: {FRESH.describe(TEST_DATA_SEEDS)}")
     try:
         from evaluators.language.suite import describe
     except ImportError as e:  # the lm extra is not installed

@@ -13,7 +13,8 @@ every proposal at the first rung, the promising ones on more seeds. Every yardst
 whose raced score could enter the QD grid or the hall of fame's front, is then trained on the
 label-shuffled data on its own units, and its fitness becomes what the labels add
 (`evaluators.fitness.label_score`): the side channel (pi_ref's likelihood already ranks many pairs) no longer
-wins the search. The proposer is then told the results, and its new state (JSON, ``proposer:<name>``) is committed with the generation.
+wins the search. The proposer is then told the results, and its new state (JSON, ``proposer:<name>``)
+is committed with the generation.
 `final_report` ends a run (`discovery.report`).
 
 Everything a generation produces (candidates, rejections, proposer state, counters) is written in ONE
@@ -581,7 +582,8 @@ class Search:
         """Unit scores of the fittest candidate scored at the cap (the yardstick of racing)."""
         for c in self.store.candidates(self.run_id, status="evaluated", order_by="fitness", descending=True,
                                        with_objective=False):
-            if (c["units"] or 0) >= self.cfg.max_seeds * self.cfg.fitness.reference_seeds and c["controlled"] is not False:
+            at_cap = (c["units"] or 0) >= self.cfg.max_seeds * self.cfg.fitness.reference_seeds
+            if at_cap and c["controlled"] is not False:
                 return unit_scores(self.store.scores(c["id"], fresh=False))
         return None
 
@@ -680,7 +682,8 @@ class Search:
                 tables.append(language_table(settings, names, cfg.report_baselines, variant, protocol,
                                              self.on_event))
         report = build_report(finalists, [label[n] for n in names], tables[:len(main)], tables[len(main):],
-                              protocol.describe(TEST_DATA_SEEDS), cfg.report_baselines, self.store.get_state(self.run_id, RACING_KEY),
+                              protocol.describe(TEST_DATA_SEEDS), cfg.report_baselines,
+                              self.store.get_state(self.run_id, RACING_KEY),
                               data_seeds=TEST_DATA_SEEDS, units_per_seed=draws * len(protocol.train_seeds),
                               origins={o: label[o] for o in origins})
         with self.store.transaction():

@@ -185,8 +185,9 @@ class FitnessEvaluator:
     def evaluate(self, objectives: list, train_seeds: tuple[int, ...] | None = None,
                  batch: int | None = None, shuffled: bool = False) -> list[Evaluation]:
         """Search fitness of each objective (validation data seed), or with ``shuffled`` its twin's scores on
-        the label-shuffled data (for ``Evaluation.with_control``). ``train_seeds``: the search protocol on these training seeds (a racing rung); ``batch``: objectives
-        per population call (default ``cfg.batch``; a fixed smaller one suits the few a racing rung trains).
+        the label-shuffled data (for ``Evaluation.with_control``). ``train_seeds``: the search protocol on
+        these training seeds (a racing rung); ``batch``: objectives per population call (default
+        ``cfg.batch``; a fixed smaller one suits the few a racing rung trains).
         Another executor than the local one evaluates chunks of ``batch`` objectives on its workers (a
         population of one chunk stays in this process)."""
         batch = batch or self.cfg.batch

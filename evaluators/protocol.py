@@ -10,9 +10,9 @@ batched rollout on the same evaluation episodes.
 The replication unit is a (reference seed, training seed) pair; its score is the mean normalised
 return over the episodes. Reported comparisons take their units over several draws of the data too
 (``TEST_DATA_SEEDS``, ``score_over_draws``): (data seed, reference seed, training seed), since a new draw
-of the same variant moves scores as much as the seeds do. Every setting sees the same units and the same episodes (common random
-numbers), so two settings are compared PAIRED: the per-unit difference, with a Student-t 95% CI over
-units. The label-shuffle control of a variant reuses the true-label pi_ref (the same pairs), so the
+of the same variant moves scores as much as the seeds do. Every setting sees the same units and the
+same episodes (common random numbers), so two settings are compared PAIRED: the per-unit difference,
+with a Student-t 95% CI over units. The label-shuffle control of a variant reuses the true-label pi_ref (the same pairs), so the
 shuffled-label comparison is paired too.
 
 Seeds, in one place:
