@@ -113,7 +113,7 @@ CREATE TABLE candidates (
     seconds REAL,
     behaviour TEXT,                      -- gradient fingerprint (grammar.validity), NULL when not checked
     units INTEGER,                       -- seed units behind fitness (raced: more for promising candidates)
-    controlled INTEGER                   -- 1: fitness counts what the labels add (twins trained); 0: upper bound
+    controlled INTEGER                   -- 1: fitness counts what the labels add (twins trained), 0: an upper bound
 );
 CREATE INDEX candidates_run ON candidates (run_id, id);
 CREATE INDEX candidates_dedupe ON candidates (run_id, dedupe_key);
