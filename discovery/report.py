@@ -99,9 +99,11 @@ def _pair(x: tuple[float, float]) -> list[float]:
     return [float(x[0]), float(x[1])]
 
 
-def baseline_settings(names: tuple[str, ...], mode: str, task: str, variant: str, train) -> list[Setting]:
+def baseline_settings(names: tuple[str, ...], mode: str, task: str, variant: str, train,
+                      on_event=None) -> list[Setting]:
+    """The zoo losses at their tuned settings (those not stored are tuned now) or at their defaults."""
     if mode == "tuned":
-        best = tune(task, variant, names)
+        best = tune(task, variant, names, on_event=on_event)
         return [tuned_setting(n, best[n]) for n in names if n in best]
     return [replace(default_setting(n, baseline(n), train), label=f"{n} (default)") for n in names]
 

@@ -673,7 +673,7 @@ class Search:
             self.on_event(f"final report: {combos[0].name} (test data, {draws} draws), {len(settings)} finalists "
                           f"with their shuffled controls and {len(scored)} {cfg.report_baselines} baselines")
             base = baseline_settings(scored, cfg.report_baselines, combos[0].task.name, combos[0].variant.spec,
-                                     fc.train)
+                                     fc.train, self.on_event)
             tables.append(score_over_draws(combos, settings, base, fc.train, batch=fc.batch, backend=fc.backend))
         for h in cfg.holdouts:
             task, variant = parse_holdout(h)
