@@ -7,6 +7,11 @@ compilation. The interpreter's efficiency is the warm time of a jit specialised 
 divided by the interpreter's warm time on the same population of DPO (same shapes): 1.0 means
 interpreting costs nothing. Memory: peak RSS on CPU, the device's peak bytes in use on GPU.
 
+The trainer against this machine's limit: its achieved FLOP/s counts the policy's matmuls only (forward,
+and backward as twice the forward: 6 x multiply-adds per row, rows = 2 sides x pairs per step x segment
+steps), beside the FLOP/s of an XLA batched matmul of the hidden layer's shape (population x rows x width
+@ width x width, float32, with its tanh) timed in the same process.
+
     python benchmarks/trainer.py --quick
 """
 
@@ -49,6 +54,7 @@ def main(argv=None) -> dict:
 
     from evaluators.datasets import build
     from evaluators.po_trainer import train_population
+    from evaluators.policy import n_layers
     from evaluators.reference import reference_policy
     from evaluators.suite import task_suite
     from evaluators.tasks import get_task
@@ -113,6 +119,10 @@ def main(argv=None) -> dict:
         return best
 
     interpreted_s, specialised_s = warm_seconds(interpret), warm_seconds(specialised)
+    widths = [ref[f"w{i}"].shape for i in range(n_layers(ref))]
+    rows = 2 * cfg.batch_pairs * dataset.segment_length
+    trainer_flops = 6.0 * sum(a * b for a, b in widths) * rows * steps * P * len(seeds)
+    matmul = matmul_flops_per_s(P, rows, widths[1][0] if len(widths) > 1 else widths[0][1])
     population_rate = P / warm
     separate_rate = n_separate / sum(separate_times)
     result = {
@@ -135,10 +145,32 @@ def main(argv=None) -> dict:
         "dpo_interpreted_warm_s": round(interpreted_s, 3),
         "dpo_specialised_warm_s": round(specialised_s, 3),
         "interpreter_efficiency": round(specialised_s / interpreted_s, 3),
+        "policy_layers": [list(w) for w in widths],
+        "trainer_gflops_per_s": round(trainer_flops / warm / 1e9, 3),
+        "trainer_dpo_specialised_gflops_per_s": round(trainer_flops / specialised_s / 1e9, 3),
+        "xla_matmul_gflops_per_s": round(matmul / 1e9, 3),
+        "trainer_share_of_matmul_rate": round(trainer_flops / warm / matmul, 3),
         **peak_memory_bytes(),
     }
     print(json.dumps(result, indent=1))
     return result
+
+
+def matmul_flops_per_s(population: int, rows: int, width: int, repeats: int = 20) -> float:
+    """Best FLOP/s of a jitted batched float32 matmul (population, rows, width) @ (population, width, width)."""
+    import jax.numpy as jnp
+
+    rng = np.random.default_rng(0)
+    x = jnp.asarray(rng.standard_normal((population, rows, width)), jnp.float32)
+    w = jnp.asarray(rng.standard_normal((population, width, width)), jnp.float32)
+    f = jax.jit(lambda x, w: jnp.tanh(x @ w))  # tanh keeps repeated products bounded, as in the policy
+    jax.block_until_ready(f(x, w))
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        jax.block_until_ready(f(x, w))
+        best = min(best, time.perf_counter() - t0)
+    return 2.0 * population * rows * width * width / best
 
 
 def _first(programs):
