@@ -81,8 +81,9 @@ def detectable(d: np.ndarray, alpha: float = ALPHA, power: float = POWER) -> flo
 
 
 def units_needed(d: np.ndarray, alpha: float = ALPHA, power: float = POWER, most: int = 100_000) -> int | None:
-    """The fewest units at which the observed mean difference would be detectable (its spread as observed),
-    None when the mean is 0 or more than ``most`` would be needed."""
+    """The fewest units at which the observed mean difference would be detectable (its spread as observed;
+    counted one by one up to 64, then in steps of 10%, so above 64 it may overshoot by up to a tenth), None
+    when the mean is 0 or more than ``most`` would be needed."""
     d = np.asarray(d, float)
     mean, sd = abs(float(d.mean())), float(np.std(d, ddof=1)) if len(d) > 1 else math.nan
     if not mean > 0 or not math.isfinite(sd):

@@ -564,12 +564,14 @@ class Search:
             for i, twin in zip(members, twins):
                 results[i] = results[i].with_control(twin)
                 units += len(twin.scores)
+        self._count(pending, **{"control_units" if found else "yardstick_control_units": units})
+        return results
+
+    def _count(self, pending: _Pending, **added: int) -> None:
+        """Add to the run's seed-unit counters (``RACING_KEY``), committed with the generation."""
         racing = dict(pending.state.get(RACING_KEY) or self.store.get_state(self.run_id, RACING_KEY,
                                                                           {"units": 0, "at_cap": 0}))
-        key = "control_units" if found else "yardstick_control_units"
-        racing[key] = racing.get(key, 0) + units
-        pending.state[RACING_KEY] = racing
-        return results
+        pending.state[RACING_KEY] = {**racing, **{k: racing.get(k, 0) + v for k, v in added.items()}}
 
     # ------------------------------------------------------------------ racing
     def _tag_rungs(self, ev: Evaluation) -> Evaluation:
@@ -606,12 +608,9 @@ class Search:
                 results[i] = results[i].extended(self._tag_rungs(ev))
             alive = [i for i in alive if results[i].fitness is not None
                      and not (incumbent and separated(results[i].unit_scores(), incumbent))]
-        racing = dict(pending.state.get(RACING_KEY) or self.store.get_state(self.run_id, RACING_KEY,
-                                                                          {"units": 0, "at_cap": 0}))
         per_candidate = len(self.evaluator.combos()) * self.cfg.fitness.reference_seeds
-        racing["units"] += sum(len(ev.scores) for ev in results)
-        racing["at_cap"] += len(objectives) * self.cfg.max_seeds * per_candidate
-        pending.state[RACING_KEY] = racing
+        self._count(pending, units=sum(len(ev.scores) for ev in results),
+                    at_cap=len(objectives) * self.cfg.max_seeds * per_candidate)
         return results
 
     # ------------------------------------------------------------------ the final report
