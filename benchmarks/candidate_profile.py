@@ -11,7 +11,8 @@ Prints one JSON object:
   training, held-out ranking, rollouts, dataset load, the rest of the fitness code, and the commit
   (one archive transaction);
 - ``search``: a default ``discover run`` (``SearchConfig()``) in a temporary archive: candidates trained
-  per hour in the search generations and in generation 0 (the zoo).
+  per hour in the search generations and in generation 0 (the zoo), and the PO member-steps trained
+  there with the share that was padding (`evaluators.po_trainer.member_steps`).
 
 Parts are timed by wrapping the functions that do them wherever they are imported (exclusive time:
 a part inside another is not counted twice). Candidates are the zoo's objectives. Datasets and pi_ref
@@ -139,32 +140,40 @@ def default_search(cache: str | None, max_evaluations: int | None, max_seconds: 
     from archive.store import ArchiveStore
     from archive.store import BASELINE_ORIGIN
     from discovery.search import Search, SearchConfig
+    from evaluators.po_trainer import member_steps
 
     cfg = SearchConfig()
     cfg = dataclasses.replace(cfg, max_evaluations=max_evaluations or cfg.max_evaluations,
                               max_seconds=max_seconds or cfg.max_seconds)
     seconds, trained = defaultdict(float), defaultdict(int)
+    steps = {kind: defaultdict(int) for kind in ("zoo", "search")}
     with tempfile.TemporaryDirectory(prefix="mpo-profile-") as tmp, \
             ArchiveStore(os.path.join(tmp, "archive.db")) as store, \
             Search.start(store, cfg, cache=cache) as search:
-        clock = time.perf_counter()
+        clock, counted = time.perf_counter(), member_steps()
 
         def on_generation(g):
-            nonlocal clock
+            nonlocal clock, counted
             kind = "zoo" if g.proposer == BASELINE_ORIGIN else "search"
             seconds[kind] += time.perf_counter() - clock
             trained[kind] += g.evaluated
-            clock = time.perf_counter()
+            now = member_steps()
+            for key in now:
+                steps[kind][key] += now[key] - counted[key]
+            clock, counted = time.perf_counter(), now
 
         search.run(on_generation)
     rate = lambda kind: round(3600 * trained[kind] / seconds[kind]) if seconds[kind] else None
+    padding = lambda kind: round(steps[kind]["padding"] / steps[kind]["trained"], 4) if steps[kind]["trained"] else None
     return {"config": {"tasks": list(cfg.fitness.tasks), "datasets": list(cfg.fitness.datasets),
                        "batch": cfg.fitness.batch, "max_evaluations": cfg.max_evaluations,
                        "max_seconds": cfg.max_seconds},
             "zoo_generation": {"evaluated": trained["zoo"], "s": round(seconds["zoo"], 1),
-                               "evaluations_per_hour": rate("zoo")},
+                               "evaluations_per_hour": rate("zoo"), "member_steps": dict(steps["zoo"]),
+                               "padding_share": padding("zoo")},
             "search_generations": {"evaluated": trained["search"], "s": round(seconds["search"], 1),
-                                   "evaluations_per_hour": rate("search")}}
+                                   "evaluations_per_hour": rate("search"), "member_steps": dict(steps["search"]),
+                                   "padding_share": padding("search")}}
 
 
 def main(argv=None) -> dict:

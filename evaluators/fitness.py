@@ -1,8 +1,9 @@
 """Fitness of objectives for the search: the suite's one scoring function on the search's combos.
 
 Each (task, dataset) of the fitness is a ``Combo`` of the suite (its task's dataset settings unless
-overridden). A batch of objectives is trained ``batch`` at a time (padded: fixed shapes, so a search
-never recompiles) from each pi_ref seed with each training seed, and scored in one batched rollout.
+overridden). A batch of objectives is trained ``batch`` at a time (on CPU each its own trainer call,
+unpadded; on an accelerator one call padded to ``batch``: `evaluators.po_trainer`) from each pi_ref seed
+with each training seed, and scored in one batched rollout.
 
 Search fitness uses the validation dataset seed and the search protocol, on all its training seeds or
 on the ones given (``train_seeds``: a racing rung; every candidate at a rung sees the same seeds and
@@ -45,7 +46,7 @@ class FitnessConfig:
     train: TrainConfig = TrainConfig(steps=300, lr=1e-3)
     reference: BCConfig | None = None  # None: each task's suite BC settings
     backend: str = "native"
-    batch: int = 8  # candidates per population call (padded)
+    batch: int = 8  # candidates per population call (padded to it on an accelerator)
     executor: str = "local"  # where populations are evaluated: "local" or "ray" (evaluators.executors)
     ray_address: str | None = None  # a Ray cluster to join (None: start a local one)
 

@@ -9,6 +9,13 @@ compiled once per (dataset shape, population shape, config) and new objectives n
 The learning rate is data too (one per constant vector), so a grid over learning rate x constants
 trains in one call.
 
+On CPU each candidate is its own call of that function (a population axis of one): vmapping candidates
+buys no throughput on CPU cores, whose matmuls one candidate's seeds already fill (the cost per
+candidate is flat from 1 to 8, ``benchmarks/trainer.py``), so nothing is padded and a candidate's result
+depends on nothing else in its population, nor on its size. On an accelerator, where the width is
+free, the population is one call, padded to a fixed size (``pad_to``) so a search never recompiles.
+``member_steps()`` counts the member-steps trained and those that were padding.
+
 Per step each member samples a minibatch of pairs, computes the policy's sequence log-likelihood
 sums and per-step means for chosen (w) and rejected (l) segments, feeds them with the fixed reference
 values, segment lengths and progress t = step / steps to the kernel, and takes an Adam step. A member
@@ -157,11 +164,25 @@ def reference_logps(ref_params, data) -> dict[str, jnp.ndarray]:
 
 
 _TRAINERS: dict = {}
+_MEMBER_STEPS = {"trained": 0, "padding": 0}
+
+
+def member_steps() -> dict[str, int]:
+    """Member-steps (one policy's PO step) trained by `train_population` in this process, and how many of
+    them were padding (copies trained only to fill a fixed population shape)."""
+    return dict(_MEMBER_STEPS)
+
+
+def one_call_per_candidate() -> bool:
+    """Whether `train_population` trains each candidate in its own call (on CPU; see the module doc)."""
+    return jax.default_backend() == "cpu"
 
 
 def train_population(loss_kernel: Callable, ds: PreferenceDataset, ref_params: dict, programs, constants,
-                     seeds, cfg: TrainConfig = TrainConfig(), learning_rates=None) -> TrainResult:
-    """Train every (candidate, seed, constant vector) from pi_ref; one compiled call.
+                     seeds, cfg: TrainConfig = TrainConfig(), learning_rates=None,
+                     pad_to: int | None = None) -> TrainResult:
+    """Train every (candidate, seed, constant vector) from pi_ref: on CPU one compiled call per candidate,
+    elsewhere one call for the population, padded to a multiple of ``pad_to`` candidates.
 
     ``programs``: pytree, leading axis C. ``constants``: (C, V, K) free-constant vectors per candidate.
     ``learning_rates``: (C, V), one per constant vector (default ``cfg.lr`` for all).
@@ -178,10 +199,25 @@ def train_population(loss_kernel: Callable, ds: PreferenceDataset, ref_params: d
     constants = jnp.asarray(constants, jnp.float32)
     lrs = jnp.full(constants.shape[:2], cfg.lr, jnp.float32) if learning_rates is None else \
         jnp.broadcast_to(jnp.asarray(learning_rates, jnp.float32), constants.shape[:2])
-    params, curves, stopped_at, reason = trainer(ref, data, reference_logps(ref, data), programs, constants, lrs,
-                                                 jnp.asarray(seeds, jnp.uint32))
-    to_np = lambda tree: jax.tree.map(np.asarray, tree)
-    return TrainResult(to_np(params), to_np(curves), curve_steps, np.asarray(stopped_at), np.asarray(reason))
+    ref_logps, seeds = reference_logps(ref, data), jnp.asarray(seeds, jnp.uint32)
+    n = constants.shape[0]
+    per_candidate = len(seeds) * constants.shape[1] * cfg.steps
+    if one_call_per_candidate():
+        calls = [trainer(ref, data, ref_logps, jax.tree.map(lambda x: x[i:i + 1], programs), constants[i:i + 1],
+                         lrs[i:i + 1], seeds) for i in range(n)]
+        outputs = jax.tree.map(lambda *parts: np.concatenate([np.asarray(p) for p in parts]), *calls)
+        padding = 0
+    else:
+        padding = -n % (pad_to or 1)
+        index = jnp.minimum(jnp.arange(n + padding), n - 1)  # padded with copies of the last candidate
+        pad = lambda x: jnp.asarray(x)[index]
+        outputs = jax.tree.map(lambda x: np.asarray(x)[:n],
+                               trainer(ref, data, ref_logps, jax.tree.map(pad, programs), pad(constants), pad(lrs),
+                                       seeds))
+    _MEMBER_STEPS["trained"] += (n + padding) * per_candidate
+    _MEMBER_STEPS["padding"] += padding * per_candidate
+    params, curves, stopped_at, reason = outputs
+    return TrainResult(params, curves, curve_steps, stopped_at, reason)
 
 
 @jax.jit

@@ -188,17 +188,14 @@ class ScoreTable:
                           {k: v for t in tables for k, v in t.failures.items()})
 
 
-def _pad(items: list, multiple: int) -> list:
-    return items + [items[-1]] * (-len(items) % multiple)
-
-
 def score_settings(combo: Combo, settings: list[Setting], train: TrainConfig = TrainConfig(),
                    policy_rows: tuple[str, ...] = POLICY_ROWS, batch: int = 8, backend: str = "native") -> ScoreTable:
     """Train every setting from every pi_ref seed x training seed and score it with pi_ref and the oracle.
 
-    Settings are trained ``batch`` at a time (padded), one population call per (pi_ref seed, steps), so a
-    search with a fixed batch never recompiles and, at a given batch, a setting's scores do not depend on
-    its batch-mates. The returned table's rows are the settings, then ``policy_rows``.
+    Settings are trained ``batch`` at a time, one `train_population` per (pi_ref seed, steps): on CPU each
+    setting's training then depends on nothing else in the batch nor on its size, elsewhere the batch is
+    one call padded to ``batch`` (a search never recompiles). The returned table's rows are the settings,
+    then ``policy_rows``.
     """
     protocol = combo.protocol
     R, S = len(protocol.reference_seeds), len(protocol.train_seeds)
@@ -214,16 +211,15 @@ def score_settings(combo: Combo, settings: list[Setting], train: TrainConfig = T
         cfg = replace(train, steps=steps)
         for start in range(0, len(members), batch):
             chunk = members[start:start + batch]
-            padded = _pad(chunk, batch)
-            programs = stack([encode(settings[i].objective) for i in padded])
-            constants = np.stack([constant_vector(settings[i].objective) for i in padded])[:, None, :]
-            lrs = np.array([settings[i].lr for i in padded], np.float32)[:, None]
+            programs = stack([encode(settings[i].objective) for i in chunk])
+            constants = np.stack([constant_vector(settings[i].objective) for i in chunk])[:, None, :]
+            lrs = np.array([settings[i].lr for i in chunk], np.float32)[:, None]
             for r, ref in enumerate(combo.references):
                 out = train_population(interpret, combo.train, ref, programs, constants,
-                                       np.asarray(protocol.train_seeds), cfg, learning_rates=lrs)
+                                       np.asarray(protocol.train_seeds), cfg, learning_rates=lrs, pad_to=batch)
                 done += 1
                 if combo.on_event:
-                    combo.on_event(f"{combo.name}: trained population {done}/{calls} ({len(padded)} x {S} seeds x {steps} steps)")
+                    combo.on_event(f"{combo.name}: trained population {done}/{calls} ({len(chunk)} x {S} seeds x {steps} steps)")
                 reasons = out.reasons()
                 for k, i in enumerate(chunk):
                     flat[i * R + r] = {key: v[k, :, 0] for key, v in out.params.items()}

@@ -1,11 +1,13 @@
-"""The population PO trainer: learning, no recompilation for new objectives, failure isolation."""
+"""The population PO trainer: learning, no recompilation for new objectives, failure isolation, no padding
+on CPU."""
 
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from evaluators import datasets as D
-from evaluators.po_trainer import NONFINITE_LOSS, RUNNING, TrainConfig, train_population
+from evaluators.po_trainer import NONFINITE_LOSS, RUNNING, TrainConfig, member_steps, one_call_per_candidate, \
+    train_population
 from evaluators.reference import BCConfig, reference_policy
 from evaluators.tasks import TASKS
 from grammar.kernel import compilation_count, constant_vector, encode, interpret, stack
@@ -95,3 +97,36 @@ def test_soft_labels_use_both_orders(tmp_path):
     r = train_population(interpret, ds, ref, programs, consts, np.arange(1), TrainConfig(steps=5, curve_points=5))
     # A pair labelled 0.5 has loss (l(z) + l(-z))/2 >= log 2 at any margin z.
     assert np.all(r.curves["loss"] > 0.5)
+
+
+def test_on_cpu_a_candidate_trains_alone_whatever_its_population(setup):
+    """No padding on CPU: each candidate is its own call, so its result is bit for bit the same alone, among
+    other batch-mates, or in a population of another size; and no member-step is padding."""
+    ds, ref = setup
+    assert one_call_per_candidate()  # the test suite runs on CPU
+    before = member_steps()
+    programs, consts = population(["dpo", "ipo", "hinge"])
+    mixed = train_population(interpret, ds, ref, programs, consts, np.arange(2), CFG, pad_to=8)
+    programs, consts = population(["ipo"])
+    alone = train_population(interpret, ds, ref, programs, consts, np.arange(2), CFG, pad_to=8)
+    for key in mixed.params:
+        np.testing.assert_array_equal(mixed.params[key][1], alone.params[key][0])
+    np.testing.assert_array_equal(mixed.curves["loss"][1], alone.curves["loss"][0])
+    after = member_steps()
+    assert after["trained"] - before["trained"] == 4 * 2 * CFG.steps
+    assert after["padding"] == before["padding"]
+
+
+def test_on_an_accelerator_the_population_is_one_call_padded_to_its_size(setup, monkeypatch):
+    """The accelerator's path (run here on CPU): one call padded with copies of the last candidate, the
+    padding trimmed from the result and counted."""
+    ds, ref = setup
+    monkeypatch.setattr("evaluators.po_trainer.one_call_per_candidate", lambda: False)
+    programs, consts = population(["dpo", "ipo", "hinge"])
+    before = member_steps()
+    r = train_population(interpret, ds, ref, programs, consts, np.arange(2), CFG, pad_to=4)
+    after = member_steps()
+    assert r.params["w0"].shape[:3] == (3, 2, 1) and r.curves["loss"].shape[:3] == (3, 2, 1)
+    assert after["trained"] - before["trained"] == 4 * 2 * CFG.steps
+    assert after["padding"] - before["padding"] == 1 * 2 * CFG.steps
+    assert not np.allclose(r.params["w0"][1], r.params["w0"][2])  # ipo and hinge, not a copy
