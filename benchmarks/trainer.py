@@ -10,7 +10,8 @@ interpreting costs nothing. Memory: peak RSS on CPU, the device's peak bytes in 
 The trainer against this machine's limit: its achieved FLOP/s counts the policy's matmuls only (forward,
 and backward as twice the forward: 6 x multiply-adds per row, rows = 2 sides x pairs per step x segment
 steps), beside the FLOP/s of an XLA batched matmul of the hidden layer's shape (population x rows x width
-@ width x width, float32, with its tanh) timed in the same process.
+@ width x width, float32, with its tanh) timed in the same process. Per candidate: the warm seconds of
+a population of 1, 2, 4 and 8 trained as one vmapped call and as one call per candidate.
 
     python benchmarks/trainer.py --quick
 """
@@ -119,6 +120,7 @@ def main(argv=None) -> dict:
         return best
 
     interpreted_s, specialised_s = warm_seconds(interpret), warm_seconds(specialised)
+    per_candidate = seconds_per_candidate(train_population, ds, ref, objectives, seeds, cfg)
     widths = [ref[f"w{i}"].shape for i in range(n_layers(ref))]
     rows = 2 * cfg.batch_pairs * dataset.segment_length
     trainer_flops = 6.0 * sum(a * b for a, b in widths) * rows * steps * P * len(seeds)
@@ -149,6 +151,8 @@ def main(argv=None) -> dict:
         "trainer_gflops_per_s": round(trainer_flops / warm / 1e9, 3),
         "trainer_dpo_specialised_gflops_per_s": round(trainer_flops / specialised_s / 1e9, 3),
         "xla_matmul_gflops_per_s": round(matmul / 1e9, 3),
+        "s_per_candidate_one_vmapped_call": per_candidate["vmapped"],
+        "s_per_candidate_own_calls": per_candidate["own calls"],
         "trainer_share_of_matmul_rate": round(trainer_flops / warm / matmul, 3),
         **peak_memory_bytes(),
     }
@@ -171,6 +175,28 @@ def matmul_flops_per_s(population: int, rows: int, width: int, repeats: int = 20
         jax.block_until_ready(f(x, w))
         best = min(best, time.perf_counter() - t0)
     return 2.0 * population * rows * width * width / best
+
+
+def seconds_per_candidate(train_population, ds, ref, objectives, seeds, cfg, sizes=(1, 2, 4, 8)) -> dict:
+    """Warm seconds per candidate of a population of each size, trained as one vmapped call (what an
+    accelerator does) and as one call per candidate (what `train_population` does on CPU)."""
+    from evaluators import po_trainer
+    from grammar.kernel import constant_vector, encode, interpret, stack
+
+    out = {"vmapped": {}, "own calls": {}}
+    default = po_trainer.one_call_per_candidate
+    for path, own in (("vmapped", False), ("own calls", True)):
+        po_trainer.one_call_per_candidate = lambda own=own: own
+        for size in sizes:
+            chosen = objectives[:size]
+            programs = stack([encode(o) for o in chosen])
+            constants = np.stack([constant_vector(o) for o in chosen])[:, None, :]
+            jax.block_until_ready(train_population(interpret, ds, ref, programs, constants, seeds, cfg).params)
+            t0 = time.perf_counter()
+            jax.block_until_ready(train_population(interpret, ds, ref, programs, constants, seeds, cfg).params)
+            out[path][size] = round((time.perf_counter() - t0) / size, 3)
+    po_trainer.one_call_per_candidate = default
+    return out
 
 
 def _first(programs):
