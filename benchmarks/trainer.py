@@ -11,7 +11,7 @@ The trainer against this machine's limit: its achieved FLOP/s counts the policy'
 and backward as twice the forward: 6 x multiply-adds per row, rows = 2 sides x pairs per step x segment
 steps), beside the FLOP/s of an XLA batched matmul of the hidden layer's shape (population x rows x width
 @ width x width, float32, with its tanh) timed in the same process. Per candidate: the warm seconds of
-a population of 1, 2, 4 and 8, each trained in one vmapped call.
+a population of 1, 2, 4 and 8 trained as one vmapped call and as one call per candidate.
 
     python benchmarks/trainer.py --quick
 """
@@ -151,7 +151,8 @@ def main(argv=None) -> dict:
         "trainer_gflops_per_s": round(trainer_flops / warm / 1e9, 3),
         "trainer_dpo_specialised_gflops_per_s": round(trainer_flops / specialised_s / 1e9, 3),
         "xla_matmul_gflops_per_s": round(matmul / 1e9, 3),
-        "s_per_candidate_by_population": per_candidate,
+        "s_per_candidate_one_vmapped_call": per_candidate["vmapped"],
+        "s_per_candidate_own_calls": per_candidate["own calls"],
         "trainer_share_of_matmul_rate": round(trainer_flops / warm / matmul, 3),
         **peak_memory_bytes(),
     }
@@ -177,19 +178,24 @@ def matmul_flops_per_s(population: int, rows: int, width: int, repeats: int = 20
 
 
 def seconds_per_candidate(train_population, ds, ref, objectives, seeds, cfg, sizes=(1, 2, 4, 8)) -> dict:
-    """Warm seconds per candidate of a population of each size, trained in one vmapped call (a power of two
-    is one call on CPU too)."""
+    """Warm seconds per candidate of a population of each size, trained as one vmapped call (what an
+    accelerator does) and as one call per candidate (what `train_population` does on CPU)."""
+    from evaluators import po_trainer
     from grammar.kernel import constant_vector, encode, interpret, stack
 
-    out = {}
-    for size in sizes:
-        chosen = objectives[:size]
-        programs = stack([encode(o) for o in chosen])
-        constants = np.stack([constant_vector(o) for o in chosen])[:, None, :]
-        jax.block_until_ready(train_population(interpret, ds, ref, programs, constants, seeds, cfg).params)
-        t0 = time.perf_counter()
-        jax.block_until_ready(train_population(interpret, ds, ref, programs, constants, seeds, cfg).params)
-        out[size] = round((time.perf_counter() - t0) / size, 3)
+    out = {"vmapped": {}, "own calls": {}}
+    default = po_trainer.one_call_per_candidate
+    for path, own in (("vmapped", False), ("own calls", True)):
+        po_trainer.one_call_per_candidate = lambda own=own: own
+        for size in sizes:
+            chosen = objectives[:size]
+            programs = stack([encode(o) for o in chosen])
+            constants = np.stack([constant_vector(o) for o in chosen])[:, None, :]
+            jax.block_until_ready(train_population(interpret, ds, ref, programs, constants, seeds, cfg).params)
+            t0 = time.perf_counter()
+            jax.block_until_ready(train_population(interpret, ds, ref, programs, constants, seeds, cfg).params)
+            out[path][size] = round((time.perf_counter() - t0) / size, 3)
+    po_trainer.one_call_per_candidate = default
     return out
 
 

@@ -9,13 +9,12 @@ compiled once per (dataset shape, population shape, config) and new objectives n
 The learning rate is data too (one per constant vector), so a grid over learning rate x constants
 trains in one call.
 
-On CPU a population is split into calls of power-of-two sizes (8 = 8, 5 = 4 + 1, 3 = 2 + 1), nothing
-padded: at most four compiled shapes for a batch of 8 (each compiled once, then read from JAX's cache on
-disk), a full call of 8 keeps the vmapped population's speed (a candidate trains ~17% faster in it than in
-a call of its own, ``benchmarks/candidate_profile.py``) and a population of one no longer pays for eight.
-A candidate's result depends on the size of the call it lands in, never on its call-mates' values. On an
-accelerator, where the width is free, the population is one call, padded to a fixed size (``pad_to``)
-so a search never recompiles. ``member_steps()`` counts the member-steps trained and those that were padding.
+On CPU each candidate is its own call of that function (a population axis of one): vmapping candidates
+buys no throughput on CPU cores, whose matmuls one candidate's seeds already fill (the cost per
+candidate is flat from 1 to 8, ``benchmarks/trainer.py``), so nothing is padded and a candidate's result
+depends on nothing else in its population, nor on its size. On an accelerator, where the width is
+free, the population is one call, padded to a fixed size (``pad_to``) so a search never recompiles.
+``member_steps()`` counts the member-steps trained and those that were padding.
 
 Per step each member samples a minibatch of pairs, computes the policy's sequence log-likelihood
 sums and per-step means for chosen (w) and rejected (l) segments, feeds them with the fixed reference
@@ -174,26 +173,16 @@ def member_steps() -> dict[str, int]:
     return dict(_MEMBER_STEPS)
 
 
-def pads_populations() -> bool:
-    """Whether `train_population` pads a population into one call (on an accelerator) rather than splitting
-    it into calls of power-of-two sizes (on CPU; see the module doc)."""
-    return jax.default_backend() != "cpu"
-
-
-def call_sizes(n: int) -> list[int]:
-    """The power-of-two call sizes a population of ``n`` is split into on CPU, largest first (5 -> [4, 1])."""
-    sizes = []
-    while n:
-        sizes.append(1 << (n.bit_length() - 1))
-        n -= sizes[-1]
-    return sizes
+def one_call_per_candidate() -> bool:
+    """Whether `train_population` trains each candidate in its own call (on CPU; see the module doc)."""
+    return jax.default_backend() == "cpu"
 
 
 def train_population(loss_kernel: Callable, ds: PreferenceDataset, ref_params: dict, programs, constants,
                      seeds, cfg: TrainConfig = TrainConfig(), learning_rates=None,
                      pad_to: int | None = None) -> TrainResult:
-    """Train every (candidate, seed, constant vector) from pi_ref: on CPU in calls of power-of-two sizes,
-    elsewhere in one call padded to a multiple of ``pad_to`` candidates.
+    """Train every (candidate, seed, constant vector) from pi_ref: on CPU one compiled call per candidate,
+    elsewhere one call for the population, padded to a multiple of ``pad_to`` candidates.
 
     ``programs``: pytree, leading axis C. ``constants``: (C, V, K) free-constant vectors per candidate.
     ``learning_rates``: (C, V), one per constant vector (default ``cfg.lr`` for all).
@@ -213,13 +202,9 @@ def train_population(loss_kernel: Callable, ds: PreferenceDataset, ref_params: d
     ref_logps, seeds = reference_logps(ref, data), jnp.asarray(seeds, jnp.uint32)
     n = constants.shape[0]
     per_candidate = len(seeds) * constants.shape[1] * cfg.steps
-    if not pads_populations():
-        calls, start = [], 0
-        for size in call_sizes(n):
-            part = slice(start, start + size)
-            calls.append(trainer(ref, data, ref_logps, jax.tree.map(lambda x: x[part], programs), constants[part],
-                                 lrs[part], seeds))
-            start += size
+    if one_call_per_candidate():
+        calls = [trainer(ref, data, ref_logps, jax.tree.map(lambda x: x[i:i + 1], programs), constants[i:i + 1],
+                         lrs[i:i + 1], seeds) for i in range(n)]
         outputs = jax.tree.map(lambda *parts: np.concatenate([np.asarray(p) for p in parts]), *calls)
         padding = 0
     else:

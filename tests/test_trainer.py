@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from evaluators import datasets as D
-from evaluators.po_trainer import NONFINITE_LOSS, RUNNING, TrainConfig, call_sizes, member_steps, \
-    pads_populations, train_population
+from evaluators.po_trainer import NONFINITE_LOSS, RUNNING, TrainConfig, member_steps, one_call_per_candidate, \
+    train_population
 from evaluators.reference import BCConfig, reference_policy
 from evaluators.tasks import TASKS
 from grammar.kernel import compilation_count, constant_vector, encode, interpret, stack
@@ -99,24 +99,21 @@ def test_soft_labels_use_both_orders(tmp_path):
     assert np.all(r.curves["loss"] > 0.5)
 
 
-def test_on_cpu_a_population_is_split_into_power_of_two_calls_without_padding(setup):
-    """No padding on CPU: 3 candidates train as calls of 2 and 1, so the third is bit for bit what it is alone,
-    a candidate does not depend on its call-mate's values, and no member-step is padding."""
+def test_on_cpu_a_candidate_trains_alone_whatever_its_population(setup):
+    """No padding on CPU: each candidate is its own call, so its result is bit for bit the same alone, among
+    other batch-mates, or in a population of another size; and no member-step is padding."""
     ds, ref = setup
-    assert not pads_populations()  # the test suite runs on CPU
-    assert call_sizes(8) == [8] and call_sizes(5) == [4, 1] and call_sizes(7) == [4, 2, 1] and call_sizes(0) == []
+    assert one_call_per_candidate()  # the test suite runs on CPU
     before = member_steps()
-    runs = {}
-    for names in (["dpo", "ipo", "hinge"], ["hinge"], ["dpo", "sft"]):
-        programs, consts = population(names)
-        runs[tuple(names)] = train_population(interpret, ds, ref, programs, consts, np.arange(2), CFG, pad_to=8)
-    mixed, alone, other_mate = runs[("dpo", "ipo", "hinge")], runs[("hinge",)], runs[("dpo", "sft")]
+    programs, consts = population(["dpo", "ipo", "hinge"])
+    mixed = train_population(interpret, ds, ref, programs, consts, np.arange(2), CFG, pad_to=8)
+    programs, consts = population(["ipo"])
+    alone = train_population(interpret, ds, ref, programs, consts, np.arange(2), CFG, pad_to=8)
     for key in mixed.params:
-        np.testing.assert_array_equal(mixed.params[key][2], alone.params[key][0])
-        np.testing.assert_array_equal(mixed.params[key][0], other_mate.params[key][0])
-    np.testing.assert_array_equal(mixed.curves["loss"][2], alone.curves["loss"][0])
+        np.testing.assert_array_equal(mixed.params[key][1], alone.params[key][0])
+    np.testing.assert_array_equal(mixed.curves["loss"][1], alone.curves["loss"][0])
     after = member_steps()
-    assert after["trained"] - before["trained"] == 6 * 2 * CFG.steps
+    assert after["trained"] - before["trained"] == 4 * 2 * CFG.steps
     assert after["padding"] == before["padding"]
 
 
@@ -124,7 +121,7 @@ def test_on_an_accelerator_the_population_is_one_call_padded_to_its_size(setup, 
     """The accelerator's path (run here on CPU): one call padded with copies of the last candidate, the
     padding trimmed from the result and counted."""
     ds, ref = setup
-    monkeypatch.setattr("evaluators.po_trainer.pads_populations", lambda: True)
+    monkeypatch.setattr("evaluators.po_trainer.one_call_per_candidate", lambda: False)
     programs, consts = population(["dpo", "ipo", "hinge"])
     before = member_steps()
     r = train_population(interpret, ds, ref, programs, consts, np.arange(2), CFG, pad_to=4)
