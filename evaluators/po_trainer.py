@@ -9,10 +9,12 @@ compiled once per (dataset shape, population shape, config) and new objectives n
 The learning rate is data too (one per constant vector), so a grid over learning rate x constants
 trains in one call.
 
-On CPU each candidate is its own call of that function (a population axis of one): vmapping candidates
-buys no throughput on CPU cores, whose matmuls one candidate's seeds already fill (the cost per
-candidate is flat from 1 to 8, ``benchmarks/trainer.py``), so nothing is padded and a candidate's result
-depends on nothing else in its population, nor on its size. On an accelerator, where the width is
+On CPU each candidate is its own call of that function (a population axis of one): nothing is padded, a
+racing rung or a few twins no longer pay for a whole batch, and a candidate's result depends on nothing
+else in its population, nor on its size (a loss scored alone scores as in a table). The price is a full
+batch: 8 candidates train ~20% slower in 8 calls than in one vmapped call (quiet
+``benchmarks/candidate_profile.py``: 5.2 against 4.3 s a candidate); splitting populations into
+power-of-two calls would keep that speed but make a score depend on the size of the call it lands in. On an accelerator, where the width is
 free, the population is one call, padded to a fixed size (``pad_to``) so a search never recompiles.
 ``member_steps()`` counts the member-steps trained and those that were padding.
 
