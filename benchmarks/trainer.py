@@ -185,17 +185,19 @@ def seconds_per_candidate(train_population, ds, ref, objectives, seeds, cfg, siz
 
     out = {"vmapped": {}, "own calls": {}}
     default = po_trainer.one_call_per_candidate
-    for path, own in (("vmapped", False), ("own calls", True)):
-        po_trainer.one_call_per_candidate = lambda own=own: own
-        for size in sizes:
-            chosen = objectives[:size]
-            programs = stack([encode(o) for o in chosen])
-            constants = np.stack([constant_vector(o) for o in chosen])[:, None, :]
-            jax.block_until_ready(train_population(interpret, ds, ref, programs, constants, seeds, cfg).params)
-            t0 = time.perf_counter()
-            jax.block_until_ready(train_population(interpret, ds, ref, programs, constants, seeds, cfg).params)
-            out[path][size] = round((time.perf_counter() - t0) / size, 3)
-    po_trainer.one_call_per_candidate = default
+    try:
+        for path, own in (("vmapped", False), ("own calls", True)):
+            po_trainer.one_call_per_candidate = lambda own=own: own
+            for size in sizes:
+                chosen = objectives[:size]
+                programs = stack([encode(o) for o in chosen])
+                constants = np.stack([constant_vector(o) for o in chosen])[:, None, :]
+                jax.block_until_ready(train_population(interpret, ds, ref, programs, constants, seeds, cfg).params)
+                t0 = time.perf_counter()
+                jax.block_until_ready(train_population(interpret, ds, ref, programs, constants, seeds, cfg).params)
+                out[path][size] = round((time.perf_counter() - t0) / size, 3)
+    finally:
+        po_trainer.one_call_per_candidate = default
     return out
 
 

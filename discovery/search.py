@@ -523,8 +523,8 @@ class Search:
     # ------------------------------------------------------------------ evaluation
     def _evaluate(self, proposer: Proposer, screened: list[Screened], pending: _Pending) -> list:
         """One Evaluation per screened proposal (None for a rejected one): the yardsticks on every seed,
-        in one population of their own size (no padding on an accelerator either); proposals raced. Then the
-        label-shuffled twins of those that could enter the elites (all yardsticks), on their own units."""
+        in populations of at most the batch; proposals raced. Then the label-shuffled twins of those that
+        could enter the elites (all yardsticks), on their own units."""
         trainable = [s for s in screened if not s.reason]
         objectives = [s.proposal.objective for s in trainable]
         if not objectives:

@@ -1,8 +1,9 @@
 """Where a population's evaluation runs: in this process (the default) or spread over Ray workers.
 
 An executor maps a function over chunks of a population and returns the results in order. Chunks are
-``FitnessConfig.batch`` objectives, the size every population call is padded to anyway, and a
-candidate's scores do not depend on its batch-mates (padded training; batch-invariant rollouts), so
+``FitnessConfig.batch`` objectives, the chunks a population call trains anyway, and a candidate's
+scores do not depend on its batch-mates (on CPU each candidate is its own trainer call, on an
+accelerator a call padded to the batch; batch-invariant rollouts), so
 the same seed gives the same archive with either executor. Ray workers (local, or a cluster's CPU or
 GPU nodes through ``address``) build or read their datasets and pi_ref from their own cache.
 """

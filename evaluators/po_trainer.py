@@ -14,8 +14,9 @@ racing rung or a few twins no longer pay for a whole batch, and a candidate's re
 else in its population, nor on its size (a loss scored alone scores as in a table). The price is a full
 batch: 8 candidates train ~20% slower in 8 calls than in one vmapped call (quiet
 ``benchmarks/candidate_profile.py``: 5.2 against 4.3 s a candidate); splitting populations into
-power-of-two calls would keep that speed but make a score depend on the size of the call it lands in. On an accelerator, where the width is
-free, the population is one call, padded to a fixed size (``pad_to``) so a search never recompiles.
+power-of-two calls would keep that speed but make a score depend on the size of the call it lands in.
+On an accelerator, where the width is free, the population is one call, padded to a fixed size
+(``pad_to``) so a search never recompiles.
 ``member_steps()`` counts the member-steps trained and those that were padding.
 
 Per step each member samples a minibatch of pairs, computes the policy's sequence log-likelihood

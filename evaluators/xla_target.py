@@ -4,8 +4,9 @@ XLA compiles for the host's widest vectors by default; a reduction vectorised ov
 another order than over 256, so the same training would differ between an AVX-512 and an AVX2 machine in the
 last bits and, through training, in the scores (``benchmarks/jax_isa.py``: DPO trained one candidate per
 call scores 44.13 under an AVX-512 cap and 42.51 under the AVX2 cap on the same seed units). Capping the
-target at AVX2 (with FMA: x86-64-v3) costs no measurable speed here (``benchmarks/trainer.py``). Every package of the project pins it on import, before
-JAX's CPU backend starts; ``XLA_FLAGS`` with its own ``--xla_cpu_max_isa`` wins.
+target at AVX2 (with FMA: x86-64-v3) costs no measurable speed here (``benchmarks/trainer.py``). Every
+package of the project pins it on import, before JAX's CPU backend starts; ``XLA_FLAGS`` with its own
+``--xla_cpu_max_isa`` wins.
 """
 
 from __future__ import annotations
