@@ -51,9 +51,38 @@ REPORT_KEY = "final_report"  # state key of a run's final report (discovery.repo
 PI_REF_KEY = "pi_ref"  # state key of pi_ref's fitness on the search protocol (generation 0)
 RACING_KEY = "racing"  # state key: seed units trained for found candidates, and what the cap for all would take
 RUN_STATUSES = ("running", "finished", "interrupted", "failed")
-CANDIDATE_STATUSES = ("evaluated", "rejected", "failed")
+CANDIDATE_STATUSES = ("evaluated", "screened", "rejected", "failed")  # screened: trained with fewer PO steps only
 ORDER_COLUMNS = ("id", "fitness", "fresh_fitness", "complexity", "generation", "created")
 SCORE_FIELDS = ("task", "dataset", "seed", "score", "returns", "stop_reason")
+
+_CANDIDATES = """CREATE TABLE {name} (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    run_id INTEGER NOT NULL REFERENCES runs(id),
+    created TEXT NOT NULL,
+    generation INTEGER NOT NULL,
+    origin TEXT NOT NULL,
+    parents TEXT NOT NULL,               -- JSON list of candidate ids
+    objective TEXT NOT NULL,             -- JSON: Objective.to_dict()
+    formula TEXT NOT NULL,               -- grammar text of the whole loss
+    structure_hash TEXT NOT NULL,
+    dedupe_key TEXT NOT NULL,
+    complexity REAL NOT NULL,
+    status TEXT NOT NULL CHECK (status IN ('evaluated', 'screened', 'rejected', 'failed')),
+    reason TEXT NOT NULL,
+    fitness REAL,
+    ci95 REAL,
+    fresh_fitness REAL,
+    fresh_ci95 REAL,
+    descriptors TEXT NOT NULL,           -- JSON object name -> value
+    exchange_id INTEGER REFERENCES exchanges(id),
+    seconds REAL,
+    behaviour TEXT,                      -- gradient fingerprint (grammar.validity), NULL when not checked
+    units INTEGER,                       -- seed units behind fitness (raced: more for promising candidates)
+    controlled INTEGER                   -- 1: fitness counts what the labels add (twins trained), 0: an upper bound
+)"""
+_CANDIDATE_INDEXES = """CREATE INDEX candidates_run ON candidates (run_id, id);
+CREATE INDEX candidates_dedupe ON candidates (run_id, dedupe_key);
+CREATE INDEX candidates_behaviour ON candidates (run_id, behaviour)"""
 
 _MIGRATIONS = {  # version -> statements that bring an archive of that version to the next one
     1: ["ALTER TABLE exchanges ADD COLUMN rejections TEXT NOT NULL DEFAULT '[]'",
@@ -61,6 +90,9 @@ _MIGRATIONS = {  # version -> statements that bring an archive of that version t
     2: ["ALTER TABLE candidates ADD COLUMN behaviour TEXT", "ALTER TABLE candidates ADD COLUMN units INTEGER",
         "CREATE INDEX candidates_behaviour ON candidates (run_id, behaviour)"],
     3: ["ALTER TABLE candidates ADD COLUMN controlled INTEGER"],
+    4: [_CANDIDATES.format(name="candidates_v5"),  # the status 'screened': SQLite rebuilds a table to change a CHECK
+        "INSERT INTO candidates_v5 SELECT * FROM candidates", "DROP TABLE candidates",
+        "ALTER TABLE candidates_v5 RENAME TO candidates", *_CANDIDATE_INDEXES.split(";")],
 }
 
 _SCHEMA = """
@@ -90,34 +122,7 @@ CREATE TABLE exchanges (
     rejections TEXT NOT NULL DEFAULT '[]',  -- JSON list of [snippet, reason]: proposals of the answer refused
     answer_shape TEXT                    -- how the answer was laid out (see discovery.llm_parse), NULL: no answer
 );
-CREATE TABLE candidates (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    run_id INTEGER NOT NULL REFERENCES runs(id),
-    created TEXT NOT NULL,
-    generation INTEGER NOT NULL,
-    origin TEXT NOT NULL,
-    parents TEXT NOT NULL,               -- JSON list of candidate ids
-    objective TEXT NOT NULL,             -- JSON: Objective.to_dict()
-    formula TEXT NOT NULL,               -- grammar text of the whole loss
-    structure_hash TEXT NOT NULL,
-    dedupe_key TEXT NOT NULL,
-    complexity REAL NOT NULL,
-    status TEXT NOT NULL CHECK (status IN ('evaluated', 'rejected', 'failed')),
-    reason TEXT NOT NULL,
-    fitness REAL,
-    ci95 REAL,
-    fresh_fitness REAL,
-    fresh_ci95 REAL,
-    descriptors TEXT NOT NULL,           -- JSON object name -> value
-    exchange_id INTEGER REFERENCES exchanges(id),
-    seconds REAL,
-    behaviour TEXT,                      -- gradient fingerprint (grammar.validity), NULL when not checked
-    units INTEGER,                       -- seed units behind fitness (raced: more for promising candidates)
-    controlled INTEGER                   -- 1: fitness counts what the labels add (twins trained), 0: an upper bound
-);
-CREATE INDEX candidates_run ON candidates (run_id, id);
-CREATE INDEX candidates_dedupe ON candidates (run_id, dedupe_key);
-CREATE INDEX candidates_behaviour ON candidates (run_id, behaviour);
+{candidates};
 CREATE TABLE scores (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     candidate_id INTEGER NOT NULL REFERENCES candidates(id),
@@ -139,7 +144,7 @@ CREATE TABLE state (
     updated TEXT NOT NULL,
     PRIMARY KEY (run_id, key)
 );
-"""
+""".replace("{candidates}", f"{_CANDIDATES.format(name='candidates')};\n{_CANDIDATE_INDEXES}")
 
 
 class ArchiveError(Exception):
@@ -199,7 +204,7 @@ class CandidateRecord(TypedDict):
 
 
 class ArchiveStore:
-    SCHEMA_VERSION = 4
+    SCHEMA_VERSION = 5
 
     def __init__(self, path: str | os.PathLike, *, readonly: bool = False):
         """Open (and, unless `readonly`, create) the archive at `path`.
@@ -277,11 +282,17 @@ class ArchiveStore:
             raise ArchiveError(f"{self.path} has archive schema version {version}, written by a newer MPO "
                                f"Discover; this one reads up to version {self.SCHEMA_VERSION}")
         if version < self.SCHEMA_VERSION and not self.readonly:  # a reader copes with the missing columns
-            with self.transaction():
-                for v in range(self._version(), self.SCHEMA_VERSION):
-                    for statement in _MIGRATIONS[v]:
-                        self._conn.execute(statement)
-                self._conn.execute("UPDATE schema_version SET version = ?", (self.SCHEMA_VERSION,))
+            self._conn.execute("PRAGMA foreign_keys = OFF")  # a rebuilt table (4 -> 5) is dropped while referenced
+            try:
+                with self.transaction():
+                    for v in range(self._version(), self.SCHEMA_VERSION):
+                        for statement in _MIGRATIONS[v]:
+                            self._conn.execute(statement)
+                    if self._conn.execute("PRAGMA foreign_key_check").fetchall():
+                        raise ArchiveError(f"{self.path}: dangling references found while migrating (damaged archive)")
+                    self._conn.execute("UPDATE schema_version SET version = ?", (self.SCHEMA_VERSION,))
+            finally:
+                self._conn.execute("PRAGMA foreign_keys = ON")
 
     def _version(self) -> int:
         version = self._conn.execute("SELECT max(version) FROM schema_version").fetchone()[0]
@@ -394,13 +405,15 @@ class ArchiveStore:
                       behaviour: str | None = None, units: int | None = None,
                       controlled: bool | None = None, identity: Identity | None = None) -> int:
         """Store one proposal and its search-seed scores; returns its id.  An "evaluated" candidate needs a
-        finite fitness; parents and the exchange must already be in the archive.  `identity`: the
+        finite fitness, a "screened" one (trained with fewer PO steps only) has none; parents and the exchange must already be in the archive.  `identity`: the
         objective's (`grammar.identity.identify`), when the caller has it already."""
 
         if status not in CANDIDATE_STATUSES:
             raise ArchiveError(f"unknown candidate status {status!r}; use one of {', '.join(CANDIDATE_STATUSES)}")
         if status == "evaluated" and (fitness is None or not math.isfinite(fitness)):
             raise ArchiveError(f"an evaluated candidate needs a finite fitness, got {fitness!r}")
+        if status == "screened" and fitness is not None:
+            raise ArchiveError(f"a screened candidate has no fitness (its scores had fewer PO steps), got {fitness!r}")
         parents = [int(p) for p in parents]
         identity = identity or identify(objective)
         record = (_dumps(objective.to_dict()), identity.formula, identity.structure_hash, identity.dedupe_key,

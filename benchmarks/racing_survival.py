@@ -1,7 +1,8 @@
 """Does a run's top 5 survive fresh seeds and a fresh dataset seed, ranked before racing and after?
 
 Takes a finished run's found candidates (zoo baselines excluded), its top 5 by the first rung's fitness
-(what every candidate was scored on: "before racing") and its top 5 by raced fitness ("after"), and
+(what every candidate was scored on, with fewer PO steps under --first-rung-steps: "before racing") and
+its top 5 by raced fitness ("after"), and
 re-trains the union with the final report's protocol (test dataset seed, fresh pi_ref and training seeds,
 new episodes) beside pi_ref and the best tuned baseline. Prints one JSON object: each candidate's search
 and fresh scores, and per ranking how many of its 5 beat pi_ref and the best baseline on fresh seeds
@@ -37,11 +38,12 @@ def main(argv=None) -> dict:
         run = store.run(args.run) if args.run else store.latest_run()
         fc = run["config"]["fitness"]
         task, variant = fc["tasks"][0], fc["datasets"][0]
-        found = [c for c in store.candidates(run["id"], status="evaluated") if c["origin"] != "zoo"]
+        found = [c for status in ("evaluated", "screened") for c in store.candidates(run["id"], status=status)
+                 if c["origin"] != "zoo"]
         for c in found:
-            c["rung0"] = Evaluation(None, None, store.scores(c["id"], fresh=False)).rung0_fitness()
+            c["rung0"] = Evaluation(None, None, store.scores(c["id"], fresh=False)).first_rung_fitness()
     before = [c["id"] for c in sorted(found, key=lambda c: -c["rung0"])[:TOP]]
-    after = [c["id"] for c in sorted(found, key=lambda c: -c["fitness"])[:TOP]]
+    after = [c["id"] for c in sorted((c for c in found if c["fitness"] is not None), key=lambda c: -c["fitness"])[:TOP]]
     chosen = {c["id"]: c for c in found if c["id"] in set(before) | set(after)}
     steps, lr = fc["train"]["steps"], fc["train"]["lr"]
     baselines = {s.label: s for s in tuned_baselines(task, variant)}

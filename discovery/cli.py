@@ -283,6 +283,9 @@ def run(
     fresh_seeds: int = typer.Option(3, min=2, help="pi_ref seeds per test data draw of the final report (fresh seeds)"),
     max_seeds: int = typer.Option(4, min=1, help="racing cap: training seeds a promising candidate may get "
                                                  "(rungs double from --seeds)"),
+    first_rung_steps: int = typer.Option(0, min=0, help="multi-fidelity racing: screen every candidate with this "
+                                                        "many PO steps first; only the best third is trained with "
+                                                        "--steps (0: off)"),
     allow_non_monotone: bool = typer.Option(False, "--allow-non-monotone",
                                             help="also search losses that are not monotone in the preferences"),
     holdout: list[str] = typer.Option(None, help="TASK:VARIANT scored only in the final report, in its own "
@@ -311,7 +314,8 @@ def run(
     cfg = _search_config(task, dataset, seeds, episodes, steps, pairs, segment_length, reference_steps, batch,
                          backend, budget_evals, budget_minutes, gp, es, llm, llm_provider, llm_model, llm_base_url,
                          llm_max_calls, llm_timeout, es_strategy, descriptors, baseline, top_k, fresh_seeds, seed,
-                         max_seeds, allow_non_monotone, holdout, report_baselines, executor, ray_address)
+                         max_seeds, allow_non_monotone, holdout, report_baselines, executor, ray_address,
+                         first_rung_steps)
     changes, replay = {}, None
     if resume:
         if not os.path.isfile(archive):
@@ -349,7 +353,7 @@ def _search_config(task, dataset, seeds, episodes, steps, pairs, segment_length,
                    budget_evals, budget_minutes, gp, es, llm, llm_provider, llm_model, llm_base_url, llm_max_calls,
                    llm_timeout, es_strategy, descriptors, baseline, top_k, fresh_seeds, seed, max_seeds=4,
                    allow_non_monotone=False, holdout=None, report_baselines="tuned", executor="local",
-                   ray_address=None):
+                   ray_address=None, first_rung_steps=0):
     """The `SearchConfig` the options of `discover run` describe (not validated yet)."""
     from dataclasses import replace
 
@@ -381,7 +385,7 @@ def _search_config(task, dataset, seeds, episodes, steps, pairs, segment_length,
                         es=ESConfig(strategy=es_strategy), llm=llm_cfg, descriptors=descriptors,
                         baselines=_baselines(baseline), top_k=top_k, fresh_seeds=fresh_seeds, max_seeds=max_seeds,
                         allow_non_monotone=allow_non_monotone, holdouts=tuple(holdout or ()),
-                        report_baselines=report_baselines)
+                        report_baselines=report_baselines, first_rung_steps=first_rung_steps)
 
 
 def _baselines(names: list[str] | None) -> tuple[str, ...]:

@@ -5,6 +5,11 @@ rung k trains seeds ``range(rungs[k-1], rungs[k])``, the same seeds for every ca
 numbers), so any two candidates compare paired on the units they share.
 
 * After rung 0 (successive halving) only the best ``1/ETA`` of the batch, by rung-0 fitness, go on.
+* With a screening rung (``--first-rung-steps N``, multi-fidelity) rung 0 is trained first with N PO
+  steps instead of the full ones, on the same seeds; the halving is made on that cheaper score, and only
+  the best ``1/ETA`` are trained again with the full steps (their rung 0) and race on. A screened-out
+  candidate keeps its screening rows but has no fitness: a fewer-steps score never stands beside a
+  full-steps one in the QD grid, the hall of fame or the finalists.
 * At later rungs a candidate goes on while its paired difference to the incumbent (the fittest
   candidate scored at the cap, a zoo baseline at first) has a 95% CI that still contains 0; once the
   CI separates from 0, either way, or the cap is reached, it stops.

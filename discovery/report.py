@@ -251,9 +251,10 @@ def racing_line(report: dict) -> str:
     racing = report.get("racing") or {}
     if not racing.get("at_cap"):
         return ""
-    twins = racing.get("control_units")
+    twins, screen = racing.get("control_units"), racing.get("screen_units")
     return (f"racing: {racing['units']} seed units trained for the found candidates, against {racing['at_cap']} "
             f"to evaluate every one at the cap ({1 - racing['units'] / racing['at_cap']:.0%} saved)"
+            + (f", after {screen} screening units with fewer PO steps" if screen else "")
             + (f"; {twins} more for the label-shuffled twins of those that could enter the elites"
                if twins is not None else ""))
 

@@ -53,7 +53,7 @@ from discovery.scheduler import FALLBACK, Scheduler
 from discovery.screening import Screen, Screened
 from discovery.report import baseline_settings, best_baseline, build_report
 from evaluators.datasets import parse_variant
-from evaluators.fitness import Evaluation, FitnessConfig, FitnessEvaluator, unit_scores
+from evaluators.fitness import SCREEN_RUNG, Evaluation, FitnessConfig, FitnessEvaluator, unit_scores
 from evaluators.protocol import TEST_DATA_SEED, TEST_DATA_SEEDS, Setting, score_over_draws
 from evaluators.suite import REPORTED_LOSSES, task_suite
 from evaluators.xla_target import xla_cpu_isa
@@ -77,7 +77,7 @@ OPTIONS: Mapping[str, str] = {
     "llm.max_calls": "--llm-max-calls", "llm.timeout_s": "--llm-timeout", "es.strategy": "--es-strategy",
     "descriptors": "--descriptors", "baselines": "--baseline", "top_k": "--top-k", "fresh_seeds": "--fresh-seeds",
     "seed": "--seed", "max_seeds": "--max-seeds", "allow_non_monotone": "--allow-non-monotone",
-    "holdouts": "--holdout", "report_baselines": "--report-baselines",
+    "holdouts": "--holdout", "report_baselines": "--report-baselines", "first_rung_steps": "--first-rung-steps",
 }
 RESUMABLE = ("max_evaluations", "max_seconds", "llm.max_calls", "llm.timeout_s", "fitness.executor",
              "fitness.ray_address")  # may change on resume (the executor changes no result)
@@ -111,6 +111,7 @@ class SearchConfig:
     top_k: int = 3  # elites re-evaluated on fresh seeds at the end
     fresh_seeds: int = 3  # pi_ref seeds of the final report (the suite check uses 5)
     max_seeds: int = 4  # racing cap: training seeds a promising candidate may get (rungs double from fitness.seeds)
+    first_rung_steps: int = 0  # > 0: racing screens with these PO steps before rung 0 (multi-fidelity, `racing`)
     allow_non_monotone: bool = False  # search losses that are not monotone in the preferences too
     holdouts: tuple[str, ...] = ()  # "task:variant" combos scored only in the final report
     report_baselines: str = "tuned"  # baselines of the final report: "tuned" (suite.tune) or "default"
@@ -134,6 +135,9 @@ class SearchConfig:
                                  ("--fresh-seeds", self.fresh_seeds, 2)):
             if value < low:
                 raise ValueError(f"{flag}: must be at least {low}, got {value}")
+        if not 0 <= self.first_rung_steps < fc.train.steps:
+            raise ValueError(f"--first-rung-steps: must be 0 (off) or below --steps ({fc.train.steps}), "
+                             f"got {self.first_rung_steps}")
         if self.max_seeds < fc.seeds:
             raise ValueError(f"--max-seeds: must be at least --seeds ({fc.seeds}), got {self.max_seeds}")
         with _option("--holdout"):
@@ -301,10 +305,14 @@ class _Pending:
             self.rows.append((p, {"status": "rejected", "reason": reason}))
             return
         units = len(ev.unit_scores())
-        self.rows.append((p, {"status": "evaluated" if ev.fitness is not None else "failed", "reason": ev.failure,
+        screened = ev.fitness is None and not ev.failure  # trained on the screening rung only
+        status = "failed" if ev.failure else "screened" if screened else "evaluated"
+        reason = ev.failure or (f"{ev.first_rung_fitness():.1f} after {ev.scores[0]['steps']} PO steps, not in "
+                                f"the best 1/{ETA} of its generation" if screened else "")
+        self.rows.append((p, {"status": status, "reason": reason,
                               "fitness": ev.fitness, "ci95": ev.ci95 if units >= MIN_CI_UNITS else None,
                               "descriptors": descriptors, "scores": ev.scores, "behaviour": behaviour,
-                              "units": units, "controlled": ev.controlled}))
+                              "units": units, "controlled": None if screened else ev.controlled}))
 
 
 class Search:
@@ -408,7 +416,7 @@ class Search:
     def trained(self) -> int:
         """Objectives trained so far, baselines included (for the rate of the live view)."""
         counts = self.store.status_counts(self.run_id)
-        return counts["evaluated"] + counts["failed"]
+        return counts["evaluated"] + counts["screened"] + counts["failed"]
 
     def budget_left(self) -> bool:
         cfg = self.cfg
@@ -590,26 +598,41 @@ class Search:
         return None
 
     def _race(self, objectives: list[Objective], pending: _Pending) -> list[Evaluation]:
-        """Rung 0 for every objective, then later rungs for the survivors (`discovery.racing`); counts the
-        seed units trained against evaluating every objective at the cap."""
+        """Rung 0 for every objective (after a screening rung with fewer PO steps, only for the best 1/ETA by
+        it), then later rungs for the survivors (`discovery.racing`); counts the seed units trained (full
+        steps, and screening apart) against evaluating every objective at the cap."""
         if not objectives:
             return []
-        all_rungs = self.cfg.rungs()
-        first = self.evaluator.evaluate(objectives, train_seeds=rung_seeds(all_rungs, 0))
-        results = [self._tag_rungs(ev) for ev in first]
+        all_rungs, few = self.cfg.rungs(), math.ceil(self.cfg.fitness.batch / ETA)
         incumbent = self._incumbent()
-        alive = halve([ev.fitness for ev in results])
+        if self.cfg.first_rung_steps and len(objectives) > 1:  # a lone candidate goes on anyway
+            screen = self.evaluator.evaluate(objectives, train_seeds=rung_seeds(all_rungs, 0),
+                                             steps=self.cfg.first_rung_steps)
+            for ev in screen:
+                for row in ev.scores:
+                    row["rung"] = SCREEN_RUNG
+            alive = halve([ev.fitness for ev in screen])
+            results = [Evaluation(None, None, ev.scores, ev.failure) for ev in screen]  # no fitness unless raced on
+            full = self.evaluator.evaluate([objectives[i] for i in alive], train_seeds=rung_seeds(all_rungs, 0),
+                                           batch=few)
+            for i, ev in zip(alive, full):
+                results[i] = Evaluation(None, None, screen[i].scores).extended(self._tag_rungs(ev))
+            self._count(pending, screen_units=sum(len(ev.scores) for ev in screen))
+        else:
+            results = [self._tag_rungs(ev) for ev in
+                       self.evaluator.evaluate(objectives, train_seeds=rung_seeds(all_rungs, 0))]
+            alive = halve([ev.fitness for ev in results])
         for k in range(1, len(all_rungs)):
+            alive = [i for i in alive if results[i].fitness is not None
+                     and not (k > 1 and incumbent and separated(results[i].unit_scores(), incumbent))]
             if not alive:
                 break
             more = self.evaluator.evaluate([objectives[i] for i in alive], train_seeds=rung_seeds(all_rungs, k),
-                                           batch=math.ceil(self.cfg.fitness.batch / ETA))
+                                           batch=few)
             for i, ev in zip(alive, more):
                 results[i] = results[i].extended(self._tag_rungs(ev))
-            alive = [i for i in alive if results[i].fitness is not None
-                     and not (incumbent and separated(results[i].unit_scores(), incumbent))]
         per_candidate = len(self.evaluator.combos()) * self.cfg.fitness.reference_seeds
-        self._count(pending, units=sum(len(ev.scores) for ev in results),
+        self._count(pending, units=sum(len(ev.unit_scores()) for ev in results) * len(self.evaluator.combos()),
                     at_cap=len(objectives) * self.cfg.max_seeds * per_candidate)
         return results
 
@@ -651,7 +674,7 @@ class Search:
             structure, origin = self.zoo_origin(c)
             finalists.append({"label": f"#{c['id']}", "id": c["id"], "formula": c["objective"].short_text(120),
                               "search": c["fitness"], "search_ci": c["ci95"], "units": c["units"],
-                              "rung0": Evaluation(None, None, self.store.scores(c["id"], fresh=False)).rung0_fitness(),
+                              "rung0": Evaluation(None, None, self.store.scores(c["id"], fresh=False)).first_rung_fitness(),
                               "zoo_structure": structure, "origin": origin})
         settings = [Setting(f["label"], c["objective"], fc.train.lr, fc.train.steps) for f, c in zip(finalists, chosen)]
         names = cfg.baselines or tuple(ZOO)  # what the run started from

@@ -12,6 +12,11 @@ dataset seeds (several draws), with new pi_ref and training seeds and new episod
 Fitness = mean normalised score over (task, dataset) combos, units and episodes; its CI is a
 Student-t interval over units (each unit's score averaged over combos and episodes).
 
+Multi-fidelity racing (`discovery.racing`) may screen candidates with fewer PO steps first (``evaluate(...,
+steps=N)``); their rows are tagged ``rung`` = ``SCREEN_RUNG`` and carry ``steps``. Those rows record the
+screening and rank a batch (``first_rung_fitness``), but no fitness is computed from them: ``unit_scores``
+leaves them out, so a fitness is always a full-steps figure and screened-out candidates have none.
+
 Selection on label use: a candidate can also be trained on the label-shuffled data on the same units
 (``evaluate(..., shuffled=True)``, common random numbers; ``Evaluation.with_control``). Its fitness then
 counts only what the labels add: per unit, its score less what its shuffled twin gains over pi_ref
@@ -33,6 +38,8 @@ from evaluators.protocol import FRESH, SEARCH, TEST_DATA_SEEDS, VALIDATION_DATA_
 from evaluators.reference import BCConfig
 from evaluators.scoring import BACKENDS, mean_ci95
 from evaluators.suite import task_suite
+
+SCREEN_RUNG = -1  # the ``rung`` of score rows trained with fewer PO steps (a screening rung)
 
 
 @dataclass(frozen=True)
@@ -96,25 +103,28 @@ class Evaluation:
     @property
     def controlled(self) -> bool:
         """Whether every unit's score has its shuffled twin (the fitness counts only what the labels add)."""
-        return bool(self.scores) and all("shuffled" in r for r in self.scores)
+        rows = _fitness_rows(self.scores)
+        return bool(rows) and all("shuffled" in r for r in rows)
 
     def with_control(self, shuffled: Evaluation) -> Evaluation:
-        """This evaluation with the scores of its label-shuffled twin (the same units) in its rows."""
+        """This evaluation with the scores of its label-shuffled twin (the same units) in its fitness rows."""
         twin = {(r["task"], parse_variant(r["dataset"]).unshuffled.spec, r.get("reference_seed", 0), r["seed"]):
                 r["score"] for r in shuffled.scores}
-        scores = [{**r, "shuffled": twin[(r["task"], r["dataset"], r.get("reference_seed", 0), r["seed"])]}
+        scores = [r if _screening(r) else
+                  {**r, "shuffled": twin[(r["task"], r["dataset"], r.get("reference_seed", 0), r["seed"])]}
                   for r in self.scores]
         if self.failure:
             return Evaluation(None, None, scores, self.failure)
         mean, ci = mean_ci95(np.array(list(unit_scores(scores).values())))
         return Evaluation(float(mean), float(ci), scores)
 
-    def rung0_fitness(self) -> float | None:
-        """Mean over the first rung's units (what every candidate of a racing batch was scored on)."""
-        if self.failure:
+    def first_rung_fitness(self) -> float | None:
+        """Mean over the first rung's units: what every candidate of a racing batch was ranked on (the
+        screening rung's fewer-steps scores when there was one)."""
+        if self.failure or not self.scores:
             return None
-        first = [r for r in self.scores if r.get("rung", 0) == 0]
-        return float(np.mean(list(unit_scores(first).values())))
+        first = min(r.get("rung", 0) for r in self.scores)
+        return float(np.mean(list(_units([r for r in self.scores if r.get("rung", 0) == first]).values())))
 
     def extended(self, more: Evaluation) -> Evaluation:
         """This evaluation with the units of ``more`` added (a later racing rung)."""
@@ -137,8 +147,21 @@ def label_score(row: dict) -> float:
     return score - gain if gain > 0 else score
 
 
+def _screening(row: dict) -> bool:
+    return row.get("rung", 0) == SCREEN_RUNG
+
+
+def _fitness_rows(rows: list[dict]) -> list[dict]:
+    return [r for r in rows if not _screening(r)]
+
+
 def unit_scores(rows: list[dict]) -> dict[tuple[int, int], float]:
-    """Score rows -> {(pi_ref seed, training seed): mean ``label_score`` over the combos}, in first-seen order."""
+    """Score rows -> {(pi_ref seed, training seed): mean ``label_score`` over the combos}, in first-seen order;
+    the units behind a fitness, so screening rows (fewer PO steps) are left out."""
+    return _units(_fitness_rows(rows))
+
+
+def _units(rows: list[dict]) -> dict[tuple[int, int], float]:
     units: dict[tuple[int, int], list[float]] = {}
     for r in rows:
         units.setdefault((int(r.get("reference_seed", 0)), int(r["seed"])), []).append(label_score(r))
@@ -184,25 +207,27 @@ class FitnessEvaluator:
         return out
 
     def evaluate(self, objectives: list, train_seeds: tuple[int, ...] | None = None,
-                 batch: int | None = None, shuffled: bool = False) -> list[Evaluation]:
+                 batch: int | None = None, shuffled: bool = False, steps: int | None = None) -> list[Evaluation]:
         """Search fitness of each objective (validation data seed), or with ``shuffled`` its twin's scores on
         the label-shuffled data (for ``Evaluation.with_control``). ``train_seeds``: the search protocol on
         these training seeds (a racing rung); ``batch``: objectives per population call (default
-        ``cfg.batch``; a fixed smaller one suits the few a racing rung trains).
+        ``cfg.batch``; a fixed smaller one suits the few a racing rung trains); ``steps``: PO steps (default
+        ``cfg.train.steps``; fewer for a screening rung, whose rows then carry ``steps``).
         Another executor than the local one evaluates chunks of ``batch`` objectives on its workers (a
         population of one chunk stays in this process)."""
         batch = batch or self.cfg.batch
         if not isinstance(self.executor, LocalExecutor) and len(objectives) > batch:
             chunks = [objectives[i:i + batch] for i in range(0, len(objectives), batch)]
-            options = {"train_seeds": train_seeds, "batch": batch, "shuffled": shuffled}
+            options = {"train_seeds": train_seeds, "batch": batch, "shuffled": shuffled, "steps": steps}
             parts = self.executor.map(_evaluate_chunk, [(self.cfg, self.cache, c, options) for c in chunks])
             self.pi_ref = parts[0][1]
             return [ev for evaluations, _ in parts for ev in evaluations]
-        return self._evaluate(objectives, train_seeds, batch, shuffled)
+        return self._evaluate(objectives, train_seeds, batch, shuffled, steps)
 
-    def _evaluate(self, objectives, train_seeds, batch, shuffled=False) -> list[Evaluation]:
+    def _evaluate(self, objectives, train_seeds, batch, shuffled=False, steps=None) -> list[Evaluation]:
         n = len(objectives)
-        settings = [Setting(str(i), o, self.cfg.train.lr, self.cfg.train.steps) for i, o in enumerate(objectives)]
+        steps = steps or self.cfg.train.steps
+        settings = [Setting(str(i), o, self.cfg.train.lr, steps) for i, o in enumerate(objectives)]
         if train_seeds is None and not shuffled:
             combos = self.combos()
         else:
@@ -227,7 +252,8 @@ class FitnessEvaluator:
                                       "pi_ref": float(pi_ref[u]),
                                       "returns": table.returns[row, u].tolist(),
                                       "ranking_accuracy": float(table.ranking[row, u]),
-                                      "stop_reason": table.failures.get(s.label, "")})
+                                      "stop_reason": table.failures.get(s.label, ""),
+                                      **({"steps": steps} if steps != self.cfg.train.steps else {})})
         self.pi_ref = float(np.mean(pi_ref_units))
         out = []
         for i in range(n):

@@ -73,7 +73,7 @@ def test_candidates_filter_and_order(store):
     assert [c["id"] for c in store.candidates(run, status="rejected")] == [rejected]
     assert len(store.candidates(run, limit=2)) == 2
     assert [(g.kind, g.count, g.sources) for g in store.rejection_groups(run)] == [("not monotone", 1, ("llm",))]
-    assert store.status_counts(run) == {"evaluated": 3, "rejected": 1, "failed": 0}
+    assert store.status_counts(run) == {"evaluated": 3, "screened": 0, "rejected": 1, "failed": 0}
     with pytest.raises(ArchiveError, match="cannot order"):
         store.candidates(run, order_by="fitness; DROP TABLE runs")
 

@@ -63,7 +63,7 @@ class ESProposer(Proposer):
     def tell(self, state: dict, results) -> dict:
         """Each member's fitness on the first racing rung (the same seeds for all); rejected or failed
         members rank last."""
-        self._search.tell([None if ev is None else ev.rung0_fitness() for ev in results])
+        self._search.tell([None if ev is None else ev.first_rung_fitness() for ev in results])
         strategy = base64.b64encode(self._search.state_bytes()).decode("ascii")
         self._search = None
         return {**state, "step": state["step"] + 1, "strategy": strategy}
