@@ -135,8 +135,10 @@ def generation(parts: Parts, evaluator, store, run_id: int, objectives: list, na
     return table(parts.take(), len(objectives))
 
 
-def default_search(cache: str | None, max_evaluations: int | None, max_seconds: float | None) -> dict:
-    """A default ``discover run`` (its search phase) in a temporary archive."""
+def default_search(cache: str | None, max_evaluations: int | None, max_seconds: float | None,
+                   first_rung_steps: int | None = None) -> dict:
+    """A default ``discover run`` (its search phase) in a temporary archive; ``first_rung_steps``: its
+    screening rung's PO steps instead of the default's (0: none)."""
     from archive.store import ArchiveStore
     from archive.store import BASELINE_ORIGIN
     from discovery.search import Search, SearchConfig
@@ -144,7 +146,8 @@ def default_search(cache: str | None, max_evaluations: int | None, max_seconds: 
 
     cfg = SearchConfig()
     cfg = dataclasses.replace(cfg, max_evaluations=max_evaluations or cfg.max_evaluations,
-                              max_seconds=max_seconds or cfg.max_seconds)
+                              max_seconds=max_seconds or cfg.max_seconds,
+                              first_rung_steps=cfg.first_rung_steps if first_rung_steps is None else first_rung_steps)
     seconds, trained = defaultdict(float), defaultdict(int)
     steps = {kind: defaultdict(int) for kind in ("zoo", "search")}
     with tempfile.TemporaryDirectory(prefix="mpo-profile-") as tmp, \
@@ -167,7 +170,7 @@ def default_search(cache: str | None, max_evaluations: int | None, max_seconds: 
     padding = lambda kind: round(steps[kind]["padding"] / steps[kind]["trained"], 4) if steps[kind]["trained"] else None
     return {"config": {"tasks": list(cfg.fitness.tasks), "datasets": list(cfg.fitness.datasets),
                        "batch": cfg.fitness.batch, "max_evaluations": cfg.max_evaluations,
-                       "max_seconds": cfg.max_seconds},
+                       "max_seconds": cfg.max_seconds, "first_rung_steps": cfg.first_rung_steps},
             "zoo_generation": {"evaluated": trained["zoo"], "s": round(seconds["zoo"], 1),
                                "evaluations_per_hour": rate("zoo"), "member_steps": dict(steps["zoo"]),
                                "padding_share": padding("zoo")},
@@ -183,6 +186,8 @@ def main(argv=None) -> dict:
                     help="evaluation budget of the default run (default: its own)")
     ap.add_argument("--search-minutes", type=float, default=None, help="time budget of the default run")
     ap.add_argument("--no-search", action="store_true", help="skip the default run")
+    ap.add_argument("--first-rung-steps", type=int, default=None,
+                    help="the default run's screening rung in PO steps (default: its own; 0: none)")
     args = ap.parse_args(argv)
 
     from archive.descriptors import DEFAULT_DESCRIPTORS
@@ -222,7 +227,8 @@ def main(argv=None) -> dict:
     if not args.no_search:
         minutes = args.search_minutes
         try:
-            result["search"] = default_search(args.cache, args.search_evals, minutes * 60 if minutes else None)
+            result["search"] = default_search(args.cache, args.search_evals, minutes * 60 if minutes else None,
+                                              args.first_rung_steps)
         except Exception as e:  # a benchmark reports what it could not measure
             result["search"] = {"error": f"{type(e).__name__}: {e}"}
     result["machine"]["load_average_after"] = [round(x, 2) for x in os.getloadavg()]

@@ -9,7 +9,8 @@ failed LLM call) the scheduler's fallback fills the generation.
 
 Every proposal goes through one screening pipeline (`discovery.screening`: new form, valid preference
 loss, descriptors, new behaviour). Fitness is raced (`discovery.racing`): the yardsticks at the cap,
-every proposal at the first rung, the promising ones on more seeds. Every yardstick, and every proposal
+every proposal at the first rung (after a screening rung with fewer PO steps under ``first_rung_steps``:
+only the best third of it), the promising ones on more seeds. Every yardstick, and every proposal
 whose raced score could enter the QD grid or the hall of fame's front, is then trained on the
 label-shuffled data on its own units, and its fitness becomes what the labels add
 (`evaluators.fitness.label_score`): the side channel (pi_ref's likelihood already ranks many pairs) no longer

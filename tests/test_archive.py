@@ -536,3 +536,33 @@ def test_rejections_are_grouped_by_kind_with_one_example(store):
     groups = store.rejection_groups(run)
     assert [(g.kind, g.count, g.sources) for g in groups] == [("g increasing", 5, ("gp",)), ("duplicate", 1, ("es",))]
     assert "z=4.5" in groups[0].example
+
+
+def test_a_version_4_archive_is_migrated_to_the_screened_status_with_its_scores(tmp_path):
+    path = tmp_path / "v4.db"
+    with ArchiveStore(path) as store:
+        run = store.create_run({}, 0, "x")
+        kept = add(store, run, baseline("dpo"), 12.0)
+    db = sqlite3.connect(path)  # the version 4 table: no 'screened' in its CHECK
+    old = db.execute("SELECT sql FROM sqlite_master WHERE name = 'candidates'").fetchone()[0]
+    db.executescript("PRAGMA foreign_keys = OFF; BEGIN;"
+                     + old.replace("candidates", "candidates_v4").replace("'screened', ", "") + ";"
+                     "INSERT INTO candidates_v4 SELECT * FROM candidates; DROP TABLE candidates;"
+                     "ALTER TABLE candidates_v4 RENAME TO candidates; UPDATE schema_version SET version = 4; COMMIT;")
+    with pytest.raises(sqlite3.IntegrityError):
+        db.execute("UPDATE candidates SET status = 'screened', fitness = NULL")
+    db.close()
+    with ArchiveStore(path) as store:
+        assert store.conn.execute("SELECT version FROM schema_version").fetchone()[0] == ArchiveStore.SCHEMA_VERSION
+        assert store.candidate(kept)["fitness"] == 12.0 and len(store.scores(kept)) == 2
+        add(store, run, baseline("ipo"), status="screened", reason="3.0 after 75 PO steps")
+        assert store.status_counts(run) == {"evaluated": 1, "screened": 1, "rejected": 0, "failed": 0}
+        assert [c["id"] for c in store.candidates(run, status="evaluated")] == [kept]
+        assert store.best_found(run)["id"] == kept
+        with pytest.raises(ArchiveError, match="screened candidate has no fitness"):
+            add(store, run, baseline("hinge"), 3.0, status="screened")
+        with pytest.raises(sqlite3.IntegrityError):  # the references still hold
+            store.conn.execute("INSERT INTO scores (candidate_id, fresh, task, dataset, seed, returns, stop_reason, "
+                               "extra) VALUES (999, 0, 't', 'd', 0, '[]', '', '{}')")
+        assert {r[0] for r in store.conn.execute("SELECT name FROM sqlite_master WHERE type = 'index'")} >= \
+            {"candidates_run", "candidates_dedupe", "candidates_behaviour"}

@@ -124,3 +124,26 @@ def test_the_label_figure_takes_away_only_what_the_shuffled_twin_gains_over_pi_r
     assert not plain.controlled and controlled.controlled
     assert controlled.unit_scores() == {(0, 0): 80.0 - 5.0, (0, 1): 81.0 - 15.0, (0, 2): 82.0 - 25.0}
     assert controlled.fitness == pytest.approx((75.0 + 66.0 + 57.0) / 3) and controlled.fitness <= plain.fitness
+
+
+def test_screening_rows_rank_the_first_rung_but_never_make_a_fitness():
+    from evaluators.fitness import SCREEN_RUNG, Evaluation
+
+    def rows(scores, rung, **extra):
+        return [{"task": "halfcheetah", "dataset": "noisy:0.2", "reference_seed": 0, "seed": s, "score": x,
+                 "pi_ref": 50.0, "rung": rung, **extra} for s, x in enumerate(scores)]
+
+    screen = rows([30.0, 40.0], SCREEN_RUNG, steps=75)
+    assert Evaluation(None, None, screen).unit_scores() == {}, "fewer-steps rows are not units of a fitness"
+    assert Evaluation(None, None, screen).first_rung_fitness() == 35.0
+    raced = Evaluation(None, None, screen).extended(Evaluation(None, None, rows([60.0, 80.0], 0)))
+    assert raced.fitness == 70.0 and raced.unit_scores() == {(0, 0): 60.0, (0, 1): 80.0}
+    assert raced.first_rung_fitness() == 35.0, "a batch is ranked on what all of it was trained on"
+    assert raced.extended(Evaluation(None, None, rows([90.0, 90.0, 90.0], 1))).first_rung_fitness() == 35.0
+    twins = [{"task": "halfcheetah", "dataset": "noisy:0.2+shuffled", "reference_seed": 0, "seed": s, "score": 60.0}
+             for s in range(2)]
+    controlled = raced.with_control(Evaluation(60.0, 0.0, twins))
+    assert controlled.controlled and controlled.fitness == 60.0
+    assert all("shuffled" not in r for r in controlled.scores if r["rung"] == SCREEN_RUNG)
+    assert not Evaluation(None, None, screen).controlled
+    assert Evaluation(None, None, rows([1.0], 0)).first_rung_fitness() == 1.0  # no screening: rung 0

@@ -196,6 +196,41 @@ def test_same_seed_gives_the_same_archive(finished, tmp_path):
     assert _trace(again.store, again.run_id) == _trace(store, search.run_id)
 
 
+def test_a_screening_rung_trains_only_the_best_third_with_full_steps(cache, tmp_path):
+    cfg = dataclasses.replace(TINY, first_rung_steps=4)
+    search = Search.start(ArchiveStore(str(tmp_path / "screened.db")), cfg)
+    search.run()
+    store, run = search.store, search.run_id
+    found = [c for c in store.candidates(run) if c["status"] in ("evaluated", "screened") and c["origin"] != "zoo"]
+    assert search.evaluations() == cfg.max_evaluations == len(found), "a screened-out candidate was judged"
+    by_generation: dict[int, list] = {}
+    for c in found:
+        by_generation.setdefault(c["generation"], []).append(c)
+        rows = store.scores(c["id"], fresh=False)
+        screen = [r for r in rows if r["rung"] == -1]
+        full = [r for r in rows if r["rung"] != -1]
+        assert all("steps" not in r for r in full)
+        if c["status"] == "screened":
+            assert c["fitness"] is None and c["units"] == 0 and "after 4 PO steps" in c["reason"]
+            assert full == [] and {r["seed"] for r in screen} == {0, 1} and {r["steps"] for r in screen} == {4}
+        else:
+            assert np.isclose(c["fitness"], np.mean([label_score(r) for r in full])) and c["units"] == len(full)
+            assert {r["seed"] for r in full} in ({0, 1}, {0, 1, 2, 3})
+            assert not screen or {r["seed"] for r in screen} == {0, 1}
+    for g, members in by_generation.items():
+        if len(members) > 1:  # a lone candidate skips the screening rung
+            assert sum(c["status"] == "evaluated" for c in members) == -(-len(members) // 3), g
+    assert any(c["status"] == "screened" for c in found)
+    screened = {c["id"] for c in found if c["status"] == "screened"}
+    elites = {e.candidate_id for e in search.qd.elites()} | {e.candidate_id for e in search.hall.front()}
+    assert not screened & elites and not screened & {c["id"] for c in search.finalists()}
+    racing = store.get_state(run, "racing")
+    assert racing["screen_units"] == sum(len([r for r in store.scores(i, fresh=False) if r["rung"] == -1])
+                                         for i in (c["id"] for c in found))
+    result = CliRunner().invoke(app, ["archive", "list", "--archive", str(tmp_path / "screened.db")])
+    assert result.exit_code == 0 and "screened" in result.output, result.output
+
+
 def test_ctrl_c_drops_only_the_generation_in_flight(cache, tmp_path, monkeypatch):
     store = ArchiveStore(str(tmp_path / "a.db"))
     search = Search.start(store, TINY)
@@ -356,6 +391,10 @@ def test_run_cli_rejects_bad_config_with_one_line(tmp_path):
     assert "error:" in result.output and "Traceback" not in result.output
     result = CliRunner().invoke(app, ["run", "--descriptors", "nonsense", "--archive", str(tmp_path / "y.db")])
     assert result.exit_code == 2 and "unknown descriptor" in result.output
+    result = CliRunner().invoke(app, ["run", "--steps", "50", "--first-rung-steps", "50", "--archive",
+                                      str(tmp_path / "z.db")])
+    assert result.exit_code == 2 and "--first-rung-steps: must be 0 (off) or below --steps (50)" in result.output
+    assert not (tmp_path / "z.db").exists()
 
 
 # ------------------------------------------------------------------ resume, budget, feedback (no training)
