@@ -615,7 +615,7 @@ class Search:
             alive = halve([ev.fitness for ev in screen])
             results = [Evaluation(None, None, ev.scores, ev.failure) for ev in screen]  # no fitness unless raced on
             full = self.evaluator.evaluate([objectives[i] for i in alive], train_seeds=rung_seeds(all_rungs, 0),
-                                           batch=few)
+                                           batch=few) if alive else []  # every screen run may have failed
             for i, ev in zip(alive, full):
                 results[i] = Evaluation(None, None, screen[i].scores).extended(self._tag_rungs(ev))
             self._count(pending, screen_units=sum(len(ev.scores) for ev in screen))
