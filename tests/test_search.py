@@ -229,6 +229,9 @@ def test_a_screening_rung_trains_only_the_best_third_with_full_steps(cache, tmp_
                                          for i in (c["id"] for c in found))
     result = CliRunner().invoke(app, ["archive", "list", "--archive", str(tmp_path / "screened.db")])
     assert result.exit_code == 0 and "screened" in result.output, result.output
+    again = Search.start(ArchiveStore(str(tmp_path / "again.db")), cfg)
+    again.run()
+    assert _trace(again.store, again.run_id) == _trace(store, run), "the same seed gives the same archive"
 
 
 def test_ctrl_c_drops_only_the_generation_in_flight(cache, tmp_path, monkeypatch):
