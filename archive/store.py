@@ -405,8 +405,9 @@ class ArchiveStore:
                       behaviour: str | None = None, units: int | None = None,
                       controlled: bool | None = None, identity: Identity | None = None) -> int:
         """Store one proposal and its search-seed scores; returns its id.  An "evaluated" candidate needs a
-        finite fitness, a "screened" one (trained with fewer PO steps only) has none; parents and the exchange must already be in the archive.  `identity`: the
-        objective's (`grammar.identity.identify`), when the caller has it already."""
+        finite fitness, a "screened" one (trained with fewer PO steps only) has none; parents and the exchange
+        must already be in the archive.  `identity`: the objective's (`grammar.identity.identify`), when the
+        caller has it already."""
 
         if status not in CANDIDATE_STATUSES:
             raise ArchiveError(f"unknown candidate status {status!r}; use one of {', '.join(CANDIDATE_STATUSES)}")

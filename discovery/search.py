@@ -675,7 +675,8 @@ class Search:
             structure, origin = self.zoo_origin(c)
             finalists.append({"label": f"#{c['id']}", "id": c["id"], "formula": c["objective"].short_text(120),
                               "search": c["fitness"], "search_ci": c["ci95"], "units": c["units"],
-                              "rung0": Evaluation(None, None, self.store.scores(c["id"], fresh=False)).first_rung_fitness(),
+                              "rung0": Evaluation(None, None,
+                                                  self.store.scores(c["id"], fresh=False)).first_rung_fitness(),
                               "zoo_structure": structure, "origin": origin})
         settings = [Setting(f["label"], c["objective"], fc.train.lr, fc.train.steps) for f, c in zip(finalists, chosen)]
         names = cfg.baselines or tuple(ZOO)  # what the run started from
